@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -22,6 +22,7 @@ class OnlineTable:
     entity_keys: tuple[str, ...]
     features: tuple[str, ...]
     feature_types: tuple[pa.DataType, ...]
+    ttl: timedelta | None = None  # only for memory reclaim (EXPIRE); freshness is checked at read time
 
 
 @dataclass(frozen=True)
