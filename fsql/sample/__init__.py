@@ -1,0 +1,150 @@
+"""The bundled example project: a deterministic sample dataset and the files `fsql init` writes.
+
+The repository root is itself this example project; a test keeps the two identical.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PROJECT_FILES = Path(__file__).parent / "project"
+START = datetime(2026, 1, 1)
+DAYS = 330
+CUSTOMERS = 2_000
+MERCHANTS = 40
+CURRENCIES = ("USD", "EUR", "GBP")
+
+
+def generate(seed: int = 7) -> dict[str, pa.Table]:
+    """The sample tables. Deterministic for a seed: the same bytes on every machine."""
+    rng = random.Random(seed)
+
+    def ts(day: float) -> datetime:
+        return START + timedelta(seconds=round(day * 86_400))
+
+    customers: dict[str, list] = {k: [] for k in ("customer_id", "updated_at", "country", "segment", "age")}
+    for cid in range(1, CUSTOMERS + 1):
+        age = rng.randint(18, 80)
+        segment = rng.choice(["consumer", "smb", "enterprise"])
+        day = rng.uniform(0, 30)
+        # Profiles change over time: every snapshot is a row, so the PIT join matters here too.
+        for _ in range(rng.choice([1, 1, 2, 3])):
+            customers["customer_id"].append(cid)
+            customers["updated_at"].append(ts(day))
+            customers["country"].append(rng.choice(["US", "DE", "GB", "FR", "NL"]))
+            customers["segment"].append(segment if rng.random() < 0.8 else rng.choice(["consumer", "smb"]))
+            customers["age"].append(age)
+            day += rng.uniform(20, 150)
+            if day > DAYS:
+                break
+
+    orders: dict[str, list] = {
+        k: [] for k in ("order_id", "customer_id", "merchant_id", "order_ts", "loaded_at", "amount", "currency")
+    }
+    order_id = 0
+    for cid in range(1, CUSTOMERS + 1):
+        rate = rng.uniform(0.01, 0.08)  # orders per day
+        day = rng.uniform(0, 20)
+        favourite = rng.sample(range(1, MERCHANTS + 1), 3)
+        while True:
+            day += rng.expovariate(rate)
+            if day > DAYS:
+                break
+            order_id += 1
+            event = ts(day)
+            # Most rows land within minutes; a few are loaded days late (a backfill).
+            lag = timedelta(minutes=rng.randint(1, 90)) if rng.random() < 0.95 else timedelta(days=rng.randint(1, 10))
+            orders["order_id"].append(order_id)
+            orders["customer_id"].append(cid)
+            orders["merchant_id"].append(rng.choice(favourite) if rng.random() < 0.8 else rng.randint(1, MERCHANTS))
+            orders["order_ts"].append(event)
+            orders["loaded_at"].append(event + lag)
+            orders["amount"].append(round(rng.lognormvariate(3.5, 0.8), 2))
+            orders["currency"].append(rng.choice(CURRENCIES))
+
+    fx: dict[str, list] = {k: [] for k in ("currency", "rate_ts", "rate_to_usd")}
+    base = {"USD": 1.0, "EUR": 1.08, "GBP": 1.27}
+    for currency in CURRENCIES:
+        value = base[currency]
+        for day in range(DAYS + 1):
+            if currency != "USD":
+                value = round(value * (1 + rng.gauss(0, 0.004)), 5)
+            fx["currency"].append(currency)
+            fx["rate_ts"].append(ts(day))
+            fx["rate_to_usd"].append(value)
+
+    labels: dict[str, list] = {k: [] for k in ("customer_id", "label_ts", "churned")}
+    for _ in range(5_000):
+        labels["customer_id"].append(rng.randint(1, CUSTOMERS + 50))  # a few customers with no history
+        labels["label_ts"].append(ts(rng.uniform(30, DAYS)))
+        labels["churned"].append(rng.random() < 0.2)
+
+    tss = pa.timestamp("us")
+    return {
+        "customers": pa.table(
+            {
+                "customer_id": pa.array(customers["customer_id"], pa.int64()),
+                "updated_at": pa.array(customers["updated_at"], tss),
+                "country": pa.array(customers["country"], pa.string()),
+                "segment": pa.array(customers["segment"], pa.string()),
+                "age": pa.array(customers["age"], pa.int32()),
+            }
+        ),
+        "orders": pa.table(
+            {
+                "order_id": pa.array(orders["order_id"], pa.int64()),
+                "customer_id": pa.array(orders["customer_id"], pa.int64()),
+                "merchant_id": pa.array(orders["merchant_id"], pa.int64()),
+                "order_ts": pa.array(orders["order_ts"], tss),
+                "loaded_at": pa.array(orders["loaded_at"], tss),
+                "amount": pa.array(orders["amount"], pa.float64()),
+                "currency": pa.array(orders["currency"], pa.string()),
+            }
+        ),
+        "fx_rates": pa.table(
+            {
+                "currency": pa.array(fx["currency"], pa.string()),
+                "rate_ts": pa.array(fx["rate_ts"], tss),
+                "rate_to_usd": pa.array(fx["rate_to_usd"], pa.float64()),
+            }
+        ),
+        "churn_labels": pa.table(
+            {
+                "customer_id": pa.array(labels["customer_id"], pa.int64()),
+                "label_ts": pa.array(labels["label_ts"], tss),
+                "churned": pa.array(labels["churned"], pa.bool_()),
+            }
+        ),
+    }
+
+
+def write_data(directory: Path, seed: int = 7) -> dict[str, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, table in generate(seed).items():
+        path = directory / f"{name}.parquet"
+        pq.write_table(table, path, compression="zstd")
+        written[name] = path
+    return written
+
+
+def scaffold(target: Path, *, with_data: bool = True) -> list[Path]:
+    """Write the example project into ``target`` (which must not hold an fsql.toml yet)."""
+    target.mkdir(parents=True, exist_ok=True)
+    created = []
+    for file in sorted(PROJECT_FILES.rglob("*")):
+        if file.is_dir() or file.name == "__pycache__" or file.suffix == ".pyc":
+            continue
+        destination = target / file.relative_to(PROJECT_FILES)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file, destination)
+        created.append(destination)
+    if with_data:
+        created.extend(write_data(target / "data").values())
+    return created
