@@ -1,0 +1,90 @@
+"""Feature-view bodies → SQL for an engine: names resolved on the AST, ASOF joins rewritten, transpiled."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
+
+from fsql.errors import CompileError
+
+RelationFor = Callable[[str], exp.Expression]
+
+
+def resolve_names(query: exp.Query, names: set[str], relation_for: RelationFor) -> exp.Query:
+    """Replace each unqualified table named after a source or view by the engine's relation for it.
+
+    The original name stays as the alias, so qualified column references (``orders.amount``) keep
+    working whatever the relation becomes (a Parquet scan, a table, a generated view).
+    """
+    resolved = query.copy()
+    ctes = {cte.alias_or_name for cte in resolved.find_all(exp.CTE)}
+    for table in list(resolved.find_all(exp.Table)):
+        if table.args.get("db") or table.args.get("catalog") or not isinstance(table.this, exp.Identifier):
+            continue
+        name = table.name
+        if name in ctes or name not in names:
+            continue
+        relation = relation_for(name).copy()
+        alias = table.args.get("alias") or exp.TableAlias(this=exp.to_identifier(name))
+        if isinstance(relation, exp.Table):
+            relation.set("alias", alias)
+            for key in ("joins", "laterals", "pivots", "hints", "version"):
+                if table.args.get(key):
+                    relation.set(key, table.args[key])
+            table.replace(relation)
+        else:
+            table.replace(exp.Subquery(this=relation, alias=alias))
+    return resolved
+
+
+def to_dialect(query: exp.Expression, source_dialect: str, target_dialect: str, *, pretty: bool = False,
+               path: str | None = None, line: int | None = None) -> str:
+    """Transpile, turning a rewrite we do not own or a sqlglot crash into a clear CompileError."""
+    from fsql.compiler.rewrites import rewrite_asof_joins
+
+    try:
+        tree = rewrite_asof_joins(query, target_dialect)
+        return tree.sql(dialect=target_dialect, pretty=pretty, unsupported_level="raise")
+    except CompileError:
+        raise
+    except (SqlglotError, AttributeError, TypeError, KeyError, ValueError) as e:
+        raise CompileError(
+            f"cannot compile this query from {source_dialect} to {target_dialect}: {str(e).splitlines()[0] or type(e).__name__}",
+            path=path,
+            line=line,
+            hint=f"rewrite the construct for {target_dialect}, or compile for another dialect",
+        ) from None
+
+
+def column_lineage(query: exp.Query, relation_names: dict[str, str]) -> dict[str, list[tuple[str, str]]]:
+    """For each output column, the (upstream relation, column) pairs it is computed from.
+
+    ``relation_names`` maps table aliases/names in the query to source or view names. Columns from
+    CTEs and subqueries are followed one level by name, which covers feature files as written here.
+    """
+    aliases: dict[str, str] = {}
+    for table in query.find_all(exp.Table):
+        if table.name in relation_names:
+            aliases[table.alias_or_name] = relation_names[table.name]
+    only = next(iter(set(aliases.values()))) if len(set(aliases.values())) == 1 else None
+    windows = {w.alias_or_name: w for w in (query.args.get("windows") or []) if isinstance(w, exp.Expression)}
+    result: dict[str, list[tuple[str, str]]] = {}
+    for projection in query.selects:
+        name = projection.alias_or_name
+        if not name:
+            continue
+        nodes = [projection]
+        for window in projection.find_all(exp.Window):
+            named = windows.get(window.alias_or_name) or windows.get(str(window.args.get("alias") or ""))
+            if named is not None:
+                nodes.append(named)
+        pairs: list[tuple[str, str]] = []
+        for node in nodes:
+            for column in node.find_all(exp.Column):
+                upstream = aliases.get(column.table) if column.table else only
+                if upstream and (upstream, column.name) not in pairs:
+                    pairs.append((upstream, column.name))
+        result[name] = pairs
+    return result

@@ -1,0 +1,118 @@
+"""DuckDB: the embedded default warehouse. File sources are scanned in place."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+from sqlglot import exp
+
+from fsql.config import SourceConfig
+from fsql.definitions import Column
+from fsql.engines.base import columns_of
+from fsql.errors import EngineError
+
+
+class DuckDBEngine:
+    dialect = "duckdb"
+
+    def __init__(self, path: str | Path | None, schema: str, root: Path) -> None:
+        self.schema = schema
+        self.root = root
+        self.path = str(path) if path else ":memory:"
+        if path and self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.con = duckdb.connect(self.path)
+        except duckdb.Error as e:
+            raise EngineError(
+                f"cannot open the DuckDB warehouse {path}: {e}",
+                hint="another process may hold it open; close it and retry",
+            ) from None
+        self.con.execute("SET TimeZone = 'UTC'")
+        self._depth = 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        if self._depth:
+            yield
+            return
+        self.con.execute("BEGIN TRANSACTION")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        else:
+            self.con.execute("COMMIT")
+        finally:
+            self._depth = 0
+
+    def _run(self, sql: str, params: Sequence[Any] | None = None) -> duckdb.DuckDBPyConnection:
+        try:
+            return self.con.execute(sql, list(params) if params else None)
+        except duckdb.Error as e:
+            raise EngineError(f"DuckDB: {str(e).splitlines()[0]}") from e
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
+        self._run(sql, params)
+
+    def arrow(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
+        result = self._run(sql, params)
+        table = result.to_arrow_table() if hasattr(result, "to_arrow_table") else result.arrow()
+        return table
+
+    def batches(self, sql: str, params: Sequence[Any] | None = None, batch_size: int = 50_000) -> Iterator[pa.RecordBatch]:
+        result = self._run(sql, params)
+        reader = (
+            result.to_arrow_reader(batch_size)
+            if hasattr(result, "to_arrow_reader")
+            else result.fetch_record_batch(batch_size)
+        )
+        yield from reader
+
+    def describe(self, sql: str) -> list[Column]:
+        return columns_of(self.arrow(f"SELECT * FROM ({sql}) AS __fsql_describe LIMIT 0").schema)
+
+    def source_relation(self, source: SourceConfig) -> exp.Expression:
+        if source.table:
+            return exp.to_table(source.table, dialect="duckdb")
+        path = str((self.root / source.path) if not Path(source.path).is_absolute() else Path(source.path))
+        reader = exp.ReadParquet if source.format == "parquet" else exp.ReadCSV
+        return exp.Table(this=reader(expressions=[exp.Literal.string(path)]))
+
+    def prepare_sources(self, sources: Sequence[SourceConfig]) -> list[str]:
+        missing = []
+        for source in sources:
+            if source.path and not any(ch in source.path for ch in "*?[") and not (self.root / source.path).exists():
+                missing.append(source.name)
+        if missing:
+            raise EngineError(f"source file for {', '.join(missing)} does not exist")
+        return []
+
+    def register(self, name: str, data: pa.Table) -> exp.Table:
+        self.con.register(name, data)
+        return exp.table_(name, quoted=True)
+
+    def unregister(self, name: str) -> None:
+        self.con.unregister(name)
+
+    def relation_exists(self, schema: str, name: str) -> bool:
+        rows = self._run(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = ? AND table_name = ?", [schema, name]
+        ).fetchall()
+        return bool(rows)
+
+    def list_relations(self, schema: str) -> dict[str, str]:
+        rows = self._run(
+            "SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = ?", [schema]
+        ).fetchall()
+        return {name: kind for name, kind in rows}
+
+    def close(self) -> None:
+        self.con.close()

@@ -1,0 +1,197 @@
+"""PostgreSQL through ADBC: Arrow in (COPY) and Arrow out without a row-by-row Python loop.
+
+File sources (Parquet/CSV) cannot be scanned by PostgreSQL, so a build loads them into tables under
+the warehouse schema (``src__<name>``), reloading only when the file changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from sqlglot import exp
+
+from fsql.config import SourceConfig
+from fsql.definitions import Column
+from fsql.engines.base import columns_of
+from fsql.errors import EngineError
+
+
+def redact(url: str) -> str:
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+class PostgresEngine:
+    dialect = "postgres"
+
+    def __init__(self, url: str, schema: str, root: Path) -> None:
+        try:
+            import adbc_driver_postgresql.dbapi as adbc
+        except ImportError:  # pragma: no cover - depends on the install
+            raise EngineError(
+                "the PostgreSQL engine needs the postgres extra", hint="pip install 'fsql[postgres]'"
+            ) from None
+        self.url = url
+        self.schema = schema
+        self.root = root
+        self._adbc = adbc
+        try:
+            self.con = adbc.connect(_libpq_url(url))
+        except Exception as e:  # the driver raises its own OperationalError types
+            raise EngineError(
+                f"cannot connect to PostgreSQL at {redact(url)}: {str(e).splitlines()[0]}",
+                hint="check the server is running and [warehouse] url (or FSQL_POSTGRES_URL)",
+            ) from None
+        self._autocommit(True)
+        self._run("SET TIME ZONE 'UTC'")
+        self._in_tx = False
+
+    def _autocommit(self, on: bool) -> None:
+        self.con.adbc_connection.set_options(**{"adbc.connection.autocommit": "true" if on else "false"})
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        if self._in_tx:
+            yield
+            return
+        self._autocommit(False)
+        self._in_tx = True
+        try:
+            yield
+        except BaseException:
+            try:
+                self.con.rollback()
+            finally:
+                self._in_tx = False
+                self._autocommit(True)
+            raise
+        else:
+            try:
+                self.con.commit()
+            finally:
+                self._in_tx = False
+                self._autocommit(True)
+
+    def _run(self, sql: str, params: Sequence[Any] | None = None):
+        cur = self.con.cursor()
+        try:
+            cur.execute(sql, list(params) if params else None)
+        except Exception as e:
+            cur.close()
+            raise EngineError(f"PostgreSQL: {str(e).splitlines()[0]}") from e
+        return cur
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
+        self._run(sql, params).close()
+
+    def arrow(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
+        cur = self._run(sql, params)
+        try:
+            return cur.fetch_arrow_table()
+        finally:
+            cur.close()
+
+    def batches(self, sql: str, params: Sequence[Any] | None = None, batch_size: int = 50_000) -> Iterator[pa.RecordBatch]:
+        cur = self._run(sql, params)
+        try:
+            reader = cur.fetch_record_batch()
+            for batch in reader:
+                for offset in range(0, batch.num_rows, batch_size):
+                    yield batch.slice(offset, batch_size)
+        except EngineError:
+            raise
+        except Exception as e:
+            raise EngineError(f"PostgreSQL: {str(e).splitlines()[0]}") from e
+        finally:
+            cur.close()
+
+    def describe(self, sql: str) -> list[Column]:
+        return columns_of(self.arrow(f"SELECT * FROM ({sql}) AS __fsql_describe LIMIT 0").schema)
+
+    def _source_table(self, source: SourceConfig) -> str:
+        return f"src__{source.name}"
+
+    def source_relation(self, source: SourceConfig) -> exp.Expression:
+        if source.table:
+            return exp.to_table(source.table, dialect="postgres")
+        return exp.table_(self._source_table(source), db=self.schema, quoted=True)
+
+    def prepare_sources(self, sources: Sequence[SourceConfig]) -> list[str]:
+        """Load file sources that changed since the last load; returns the names loaded."""
+        import pyarrow.csv as pcsv
+        import pyarrow.dataset as ds
+
+        loaded = []
+        self.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+        for source in sources:
+            if not source.path:
+                continue
+            files = sorted(self.root.glob(source.path)) if any(c in source.path for c in "*?[") else [self.root / source.path]
+            files = [f for f in files if f.exists()]
+            if not files:
+                raise EngineError(f"source '{source.name}': no file matches {source.path}")
+            signature = hashlib.sha256(
+                "|".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files).encode()
+            ).hexdigest()[:16]
+            table = self._source_table(source)
+            current = self.arrow(
+                "SELECT obj_description(c.oid) AS note FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = $1 AND c.relname = $2",
+                [self.schema, table],
+            ).to_pylist()
+            if current and current[0]["note"] == f"fsql:{signature}":
+                continue
+            if source.format == "csv":
+                data = pa.concat_tables([pcsv.read_csv(f) for f in files])
+            else:
+                data = ds.dataset([str(f) for f in files], format="parquet").to_table()
+            cur = self.con.cursor()
+            try:
+                self._run(f'DROP TABLE IF EXISTS "{self.schema}"."{table}" CASCADE').close()
+                cur.adbc_ingest(table, data, mode="create", db_schema_name=self.schema)
+            finally:
+                cur.close()
+            self.execute(f"COMMENT ON TABLE \"{self.schema}\".\"{table}\" IS 'fsql:{signature}'")
+            loaded.append(source.name)
+        return loaded
+
+    def register(self, name: str, data: pa.Table) -> exp.Table:
+        cur = self.con.cursor()
+        try:
+            cur.adbc_ingest(name, data, mode="replace", temporary=True)
+        except Exception as e:
+            raise EngineError(f"PostgreSQL: cannot load the spine: {str(e).splitlines()[0]}") from e
+        finally:
+            cur.close()
+        return exp.table_(name, quoted=True)
+
+    def unregister(self, name: str) -> None:
+        self.execute(f'DROP TABLE IF EXISTS "{name}"')
+
+    def relation_exists(self, schema: str, name: str) -> bool:
+        rows = self.arrow(
+            "SELECT 1 AS x FROM information_schema.tables WHERE table_schema = $1 AND table_name = $2", [schema, name]
+        )
+        return rows.num_rows > 0
+
+    def list_relations(self, schema: str) -> dict[str, str]:
+        rows = self.arrow(
+            "SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = $1", [schema]
+        ).to_pylist()
+        return {r["table_name"]: r["table_type"] for r in rows}
+
+    def close(self) -> None:
+        try:
+            self.con.close()
+        except Exception:
+            pass
+
+
+def _libpq_url(url: str) -> str:
+    """ADBC wants a libpq URI: drop SQLAlchemy-style driver suffixes such as +psycopg."""
+    return re.sub(r"^postgres(ql)?\+\w+://", "postgresql://", url)
