@@ -1,4 +1,19 @@
-"""The online-store protocol. INTERFACE STUB: to be implemented."""
+"""The online-store protocol: one small interface, implemented by ``redis.py`` and ``sqlite.py``.
+
+Semantics every store guarantees (DESIGN.md section 4):
+
+- **Newer-wins, atomically in the store.** A written row replaces the stored row of the same entity only
+  if its ``(event_ts, created)`` is strictly greater, with a NULL ``created`` ranking lowest. Equal or
+  older rows leave the stored row as it is, so re-writing is idempotent and concurrent writers of the
+  same keys never make a value regress.
+- **Namespaced by view version.** Rows of ``OnlineTable(view, version=A)`` are never read through
+  ``version=B``; ``drop`` removes one version only.
+- **Exact values.** ``read`` returns Python objects of the features' Arrow types: int64 exact, NaN stays
+  NaN, '' stays '', NULL is None, timestamps with a time zone come back as tz-aware UTC datetimes
+  (naive timestamp types as naive datetimes), date32 as ``date``, decimals as ``Decimal``.
+- **Freshness is not the store's job.** ``OnlineTable.ttl`` only lets Redis free memory (EXPIRE, refreshed
+  on every write); callers check freshness against ``OnlineRow.event_ts`` at read time.
+"""
 
 from __future__ import annotations
 
@@ -28,17 +43,39 @@ class OnlineTable:
 @dataclass(frozen=True)
 class OnlineRow:
     event_ts: datetime  # tz-aware UTC
-    created: datetime | None
+    created: datetime | None  # tz-aware UTC
     values: tuple[Any, ...]  # in OnlineTable.features order
 
 
+def namespace(prefix: str, table: OnlineTable) -> str:
+    """``{prefix}:{view}:{version}:``, the key prefix (Redis) or table name stem (SQLite) of a version."""
+    return f"{prefix}:{table.view}:{table.version}:"
+
+
 class OnlineStore(Protocol):
-    def write_batch(self, table: OnlineTable, batch: pa.RecordBatch) -> int: ...
+    def write_batch(self, table: OnlineTable, batch: pa.RecordBatch) -> int:
+        """Upsert ``batch`` newer-wins; return how many rows changed the store (inserted or replaced).
+
+        ``batch`` holds the entity key columns, ``EVENT_TS`` (never NULL), ``CREATED`` (nullable) and the
+        feature columns; other columns are ignored. Rows with a NULL key part are skipped (a NULL key
+        never matches). Rows that lost to the stored row are not counted, so a re-write returns 0.
+        Raises ``OnlineStoreError`` if the store fails; the rows written before the failure stay, and
+        re-running the whole batch is safe (idempotent).
+        """
+        ...
 
     def read(
         self, requests: Sequence[tuple[OnlineTable, Sequence[tuple[Any, ...]]]]
-    ) -> list[list[OnlineRow | None]]: ...
+    ) -> list[list[OnlineRow | None]]:
+        """For each ``(table, keys)`` request, the stored row per key tuple (None when missing).
 
-    def drop(self, table: OnlineTable) -> None: ...
+        All requests are served in one round trip to the store. Key tuples hold Python values of the
+        key columns' types, in ``table.entity_keys`` order.
+        """
+        ...
+
+    def drop(self, table: OnlineTable) -> None:
+        """Delete every row of this view version (other versions are untouched)."""
+        ...
 
     def close(self) -> None: ...

@@ -1,0 +1,38 @@
+"""Online stores: Redis and SQLite behind one protocol (``OnlineStore``: write_batch, read, drop, close).
+
+from fsql.online import open_online_store, OnlineTable
+store = open_online_store("redis", url="redis://127.0.0.1:6379/0", prefix="fsql")
+store = open_online_store("sqlite", path=".fsql/online.db")
+"""
+
+from __future__ import annotations
+
+from fsql.errors import OnlineStoreError, did_you_mean
+from fsql.online.base import CREATED, EVENT_TS, OnlineRow, OnlineStore, OnlineTable
+
+__all__ = ["CREATED", "EVENT_TS", "OnlineRow", "OnlineStore", "OnlineTable", "open_online_store"]
+
+KINDS = ("redis", "sqlite")
+
+
+def open_online_store(
+    kind: str, *, url: str | None = None, path: str | None = None, prefix: str = "fsql"
+) -> OnlineStore:
+    """Open an online store.
+
+    ``kind="redis"``: ``url`` (default ``$FSQL_REDIS_URL``, else ``redis://127.0.0.1:6379/0``); the
+    server is pinged now, so an unreachable server fails here with ``OnlineStoreError``.
+    ``kind="sqlite"``: ``path`` of the database file (default ``.fsql/online.db``, created if missing;
+    ``":memory:"`` for a private in-memory store). ``prefix`` namespaces keys / table names.
+    """
+    if kind == "redis":
+        from fsql.online.redis import RedisOnlineStore
+
+        return RedisOnlineStore(url, prefix=prefix)
+    if kind == "sqlite":
+        from fsql.online.sqlite import SqliteOnlineStore
+
+        return SqliteOnlineStore(path, prefix=prefix)
+    raise OnlineStoreError(
+        f"unknown online store {kind!r}; expected one of: {', '.join(KINDS)}", hint=did_you_mean(kind, KINDS)
+    )

@@ -1,0 +1,223 @@
+"""The SQLite online store: the embedded default, one file, no server.
+
+One table per view version, named ``{prefix}:{view}:{version}`` (quoted), so a changed definition never
+reads the old version's rows and ``drop`` is a ``DROP TABLE``::
+
+    k         TEXT PRIMARY KEY  -- encoding.key_text of the entity key tuple
+    event_ts  INTEGER NOT NULL  -- µs since the epoch, UTC
+    created   INTEGER           -- µs since the epoch, UTC; NULL ranks lowest
+    payload   BLOB NOT NULL     -- msgpack of the feature values (encoding.RowCodec)
+
+Values live in the msgpack payload rather than in typed columns because SQLite stores NaN as NULL and
+has no exact decimal or timestamp types. Newer-wins is one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE``
+statement per row, inside one ``BEGIN IMMEDIATE`` transaction per batch: the write lock is taken up
+front, so two processes writing at once queue on ``busy_timeout`` instead of failing on a lock upgrade.
+The file runs in WAL mode, so readers are not blocked by a writer.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from fsql.errors import OnlineStoreError
+from fsql.online.base import OnlineRow, OnlineTable, namespace
+from fsql.online.encoding import RowCodec, encode_keys, encode_times, key_text, micros_to_datetime
+
+DEFAULT_PATH = ".fsql/online.db"
+_MAX_VARIABLES = 10_000  # SQLite >= 3.32 allows 32766 host parameters per statement
+
+_CREATE = """
+CREATE TABLE IF NOT EXISTS {t} (
+    k TEXT PRIMARY KEY NOT NULL,
+    event_ts INTEGER NOT NULL,
+    created INTEGER,
+    payload BLOB NOT NULL
+) WITHOUT ROWID
+"""
+
+_UPSERT = """
+INSERT INTO {t} (k, event_ts, created, payload) VALUES (?, ?, ?, ?)
+ON CONFLICT (k) DO UPDATE SET
+    event_ts = excluded.event_ts, created = excluded.created, payload = excluded.payload
+WHERE excluded.event_ts > {t}.event_ts
+   OR (excluded.event_ts = {t}.event_ts AND excluded.created IS NOT NULL
+       AND ({t}.created IS NULL OR excluded.created > {t}.created))
+"""
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class SqliteOnlineStore:
+    """Online store in one SQLite file; safe for several threads and processes at once."""
+
+    def __init__(
+        self, path: str | Path | None = None, *, prefix: str = "fsql", busy_timeout: float = 30.0
+    ) -> None:
+        self.path = str(path or DEFAULT_PATH)
+        self.prefix = prefix
+        self.busy_timeout = busy_timeout
+        self._memory = self.path == ":memory:"
+        # A file gets one connection per thread (WAL lets readers run beside a writer); an in-memory
+        # database exists only in its one connection, so it is shared behind a lock.
+        self._lock = threading.RLock() if self._memory else nullcontext()
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._codecs: dict[OnlineTable, RowCodec] = {}
+        if not self._memory:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._shared = self._connect() if self._memory else None
+        if not self._memory:
+            self._local.con = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            con = sqlite3.connect(
+                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            con.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            if not self._memory:
+                con.execute("PRAGMA journal_mode = WAL")
+                # With WAL, NORMAL only risks the last transactions on power loss, never corruption;
+                # materialize re-runs are idempotent.
+                con.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as exc:
+            raise OnlineStoreError(
+                f"cannot open the SQLite online store at {self.path}: {exc}",
+                hint="check that the directory exists and is writable, or set [online] path in fsql.toml",
+            ) from exc
+        with self._connections_lock:
+            self._connections.append(con)
+        return con
+
+    @property
+    def _con(self) -> sqlite3.Connection:
+        if self._shared is not None:
+            return self._shared
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = self._local.con = self._connect()
+        return con
+
+    def _table(self, table: OnlineTable) -> str:
+        return _quote(namespace(self.prefix, table).rstrip(":"))
+
+    def _codec(self, table: OnlineTable) -> RowCodec:
+        codec = self._codecs.get(table)
+        if codec is None:
+            codec = self._codecs[table] = RowCodec(table)
+        return codec
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            hint = None
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                hint = "another process held the write lock longer than busy_timeout; retry the write"
+            raise OnlineStoreError(
+                f"SQLite online store {self.path} failed while {action}: {exc}", hint=hint
+            ) from exc
+
+    def write_batch(self, table: OnlineTable, batch: pa.RecordBatch) -> int:
+        """Upsert newer-wins in one transaction; returns the number of rows inserted or replaced."""
+        if batch.num_rows == 0:
+            return 0
+        codec = self._codec(table)
+        texts = encode_keys(table, batch)
+        event_us, created_us, present = encode_times(batch)
+        payloads = codec.encode_payloads(batch)
+        rows = [
+            (text, ev, cr if has else None, payload)
+            for text, ev, cr, has, payload in zip(
+                texts, event_us.tolist(), created_us.tolist(), present.tolist(), payloads, strict=True
+            )
+            if text is not None
+        ]
+        name = self._table(table)
+        with self._lock, self._errors(f"writing {table.view} (version {table.version})"):
+            con = self._con
+            # Every time, not cached: another process may have dropped the table since.
+            con.execute(_CREATE.format(t=name))
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                before = con.total_changes
+                con.executemany(_UPSERT.format(t=name), rows)
+                written = con.total_changes - before
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return written
+
+    def read(
+        self, requests: Sequence[tuple[OnlineTable, Sequence[tuple[Any, ...]]]]
+    ) -> list[list[OnlineRow | None]]:
+        out: list[list[OnlineRow | None]] = []
+        with self._lock, self._errors("reading"):
+            con = self._con
+            # One read transaction: every table is read from the same snapshot.
+            con.execute("BEGIN")
+            try:
+                for table, entity_keys in requests:
+                    out.append(self._read_table(con, table, entity_keys))
+            finally:
+                con.execute("COMMIT")
+        return out
+
+    def _read_table(
+        self, con: sqlite3.Connection, table: OnlineTable, entity_keys: Sequence[tuple[Any, ...]]
+    ) -> list[OnlineRow | None]:
+        texts = [key_text(key) for key in entity_keys]
+        wanted = list({t for t in texts if t is not None})
+        found: dict[str, tuple[int, int | None, bytes]] = {}
+        name = self._table(table)
+        try:
+            for i in range(0, len(wanted), _MAX_VARIABLES):
+                part = wanted[i : i + _MAX_VARIABLES]
+                sql = f"SELECT k, event_ts, created, payload FROM {name} WHERE k IN ({','.join('?' * len(part))})"
+                for k, ev, cr, payload in con.execute(sql, part):
+                    found[k] = (ev, cr, payload)
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return [None] * len(texts)  # nothing materialized for this version yet
+            raise
+        codec = self._codec(table)
+        rows: list[OnlineRow | None] = []
+        for text in texts:
+            hit = None if text is None else found.get(text)
+            if hit is None:
+                rows.append(None)
+            else:
+                ev, cr, payload = hit
+                rows.append(
+                    OnlineRow(
+                        micros_to_datetime(ev),
+                        None if cr is None else micros_to_datetime(cr),
+                        codec.decode_values(payload),
+                    )
+                )
+        return rows
+
+    def drop(self, table: OnlineTable) -> None:
+        name = self._table(table)
+        with self._lock, self._errors(f"dropping {table.view} (version {table.version})"):
+            self._con.execute(f"DROP TABLE IF EXISTS {name}")
+
+    def close(self) -> None:
+        with self._connections_lock:
+            for con in self._connections:
+                con.close()
+            self._connections.clear()
+        self._local = threading.local()
+        self._shared = None
