@@ -6,10 +6,12 @@ an error anywhere rolls both back, so a failed build changes nothing.
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ from fsql.definitions import (
     from_document,
 )
 from fsql.engines import Engine, open_engine, view_table
-from fsql.errors import CompileError, FeatureFileError, FsqlError, NotFoundError, did_you_mean
+from fsql.errors import CompileError, FsqlError, MaterializationError, NotFoundError, did_you_mean
 from fsql.parsing.project import ParsedFile, ParsedProject, parse_project
 
 Progress = Callable[[str], None]
@@ -72,6 +74,21 @@ class BuildResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"built": self.built, "summary": self.summary, "changes": [c.to_dict() for c in self.changes]}
+
+
+@dataclass
+class RunResult:
+    view: str
+    version: str
+    start: datetime | None
+    end: datetime
+    rows: int
+    seconds: float
+    outcome: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"view": self.view, "version": self.version, "start": self.start, "end": self.end,
+                "rows": self.rows, "seconds": round(self.seconds, 3), "outcome": self.outcome}
 
 
 class Service:
@@ -452,6 +469,178 @@ class Service:
         resolved = resolve_names(query, names, relation)  # type: ignore[arg-type]
         return self.engine.arrow(to_dialect(resolved, self.config.dialect, self.engine.dialect), params)
 
+    # Materialization and online reads ---------------------------------------------------------------
+    def online_table(self, view: FeatureView) -> Any:
+        from fsql.engines.base import arrow_type
+        from fsql.online import OnlineTable
+
+        return OnlineTable(
+            view=view.name,
+            version=view.version,
+            entity_keys=view.entity_keys,
+            features=view.feature_names,
+            feature_types=tuple(arrow_type(c.dtype) for c in view.features),
+            ttl=view.ttl,
+        )
+
+    def materialize(
+        self,
+        names: Sequence[str] | None = None,
+        *,
+        full: bool = False,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        progress: Callable[[str, int], None] | None = None,
+        batch_size: int = 50_000,
+    ) -> list[RunResult]:
+        """Upsert the latest row per entity of each view into the online store, newer-wins.
+
+        Incremental by default: only rows that became eligible (event time reached and, with
+        ``@created``, known) since the view version's watermark. ``full`` recomputes from the start;
+        ``start``/``end`` backfill a window (newer stored values are never overwritten).
+        """
+        views, _ = self.require_built()
+        selected = list(names) if names else list(views)
+        for name in selected:
+            if name not in views:
+                raise NotFoundError(f"no feature view named '{name}'", hint=did_you_mean(name, views) or "run `fsql ls`")
+        run_end = _utc(end) if end else datetime.now(UTC)
+        results = []
+        for name in selected:
+            results.append(self._materialize_view(views[name], full=full, start=_utc(start) if start else None,
+                                                  end=run_end, progress=progress, batch_size=batch_size))
+        return results
+
+    def _materialize_view(self, view: FeatureView, *, full: bool, start: datetime | None, end: datetime,
+                          progress: Callable[[str, int], None] | None, batch_size: int) -> RunResult:
+        from fsql.online import CREATED, EVENT_TS
+
+        registry, engine, store = self.registry, self.engine, self.online_store
+        watermark = registry.watermark(view.name, view.version)
+        window_start = start if start is not None else (None if full else watermark)
+        if window_start is not None and window_start >= end:
+            return RunResult(view.name, view.version, window_start, end, 0, 0.0, "skipped")
+        advances = start is None or (watermark is not None and start <= watermark) or watermark is None and full
+        run_id = registry.start_run(view.name, view.version, window_start, end)
+        began = time.perf_counter()
+        rows = 0
+        table = self.online_table(view)
+        schema = pa.schema(
+            [pa.field(k, arrow_type_of(view, k)) for k in view.entity_keys]
+            + [pa.field(EVENT_TS, pa.timestamp("us", tz="UTC")), pa.field(CREATED, pa.timestamp("us", tz="UTC"))]
+            + [pa.field(f, t) for f, t in zip(table.features, table.feature_types, strict=True)]
+        )
+        try:
+            sql, params = self._latest_sql(view, window_start, end)
+            for batch in engine.batches(sql, params, batch_size=batch_size):
+                batch = _online_batch(batch, view, schema)
+                store.write_batch(table, batch)
+                rows += batch.num_rows
+                if progress:
+                    progress(view.name, batch.num_rows)
+        except FsqlError as e:
+            registry.finish_run(run_id, rows=rows, outcome="failed", error=str(e))
+            raise MaterializationError(
+                f"materializing '{view.name}' failed after {rows} rows: {e}",
+                hint="the watermark did not advance; fix the cause and run `fsql materialize` again",
+            ) from e
+        except Exception as e:
+            registry.finish_run(run_id, rows=rows, outcome="failed", error=f"{type(e).__name__}: {e}")
+            raise
+        duration = time.perf_counter() - began
+        registry.finish_run(run_id, rows=rows, outcome="success", watermark=end if advances else None)
+        return RunResult(view.name, view.version, window_start, end, rows, duration, "success")
+
+    def _latest_sql(self, view: FeatureView, start: datetime | None, end: datetime) -> tuple[str, list[Any]]:
+        """Latest row per entity among rows that became eligible in (start, end], as parameters."""
+        engine = self.engine
+        ts = exp.column(view.timestamp, quoted=True)
+        eligible: exp.Expression = ts
+        if view.created:
+            eligible = exp.Greatest(this=ts, expressions=[
+                exp.Coalesce(this=exp.column(view.created, quoted=True), expressions=[ts.copy()])])
+        params: list[Any] = []
+
+        def param(value: datetime) -> exp.Expression:
+            params.append(value)
+            return exp.cast(exp.Parameter(this=exp.Literal.number(len(params))), exp.DataType.build("timestamptz"))
+
+        condition: exp.Expression = exp.LTE(this=eligible.copy(), expression=param(end))
+        if start is not None:
+            condition = exp.and_(exp.GT(this=eligible.copy(), expression=param(start)), condition)
+        relation = exp.Subquery(
+            this=exp.select("*").from_(view_table(self.config.warehouse.schema, view.name)).where(condition),
+            alias=exp.TableAlias(this=exp.to_identifier("__fsql_window")),
+        )
+        query = pit.latest_per_entity(self._pit_view(view, relation=relation), dialect=engine.dialect,
+                                      as_of=param(end), apply_ttl=False)
+        return query.sql(dialect=engine.dialect), params
+
+    def online(
+        self,
+        features: Sequence[str] | str,
+        entities: Mapping[str, Sequence[Any]],
+        *,
+        now: datetime | None = None,
+        as_dicts: bool = False,
+    ) -> Any:
+        """Online values for entities, with a per-feature status: present, missing or stale."""
+        import polars as pl
+
+        views, sets = self.require_built()
+        if isinstance(features, str):
+            if features in sets:
+                refs = list(sets[features].features)
+            elif features in views:
+                refs = expand_refs([FeatureRef(features, "*")], views, None)
+            else:
+                refs = expand_refs([parse_ref(features)], views, None)
+        else:
+            refs = expand_refs([parse_ref(f) for f in features], views, None)
+        columns = {k: list(v) for k, v in entities.items()}
+        lengths = {len(v) for v in columns.values()}
+        if len(lengths) > 1:
+            raise FsqlError("entity columns have different lengths", hint="pass one value per entity in every key column")
+        count = lengths.pop() if lengths else 0
+        outputs = output_names(refs, list(columns))
+        by_view: dict[str, list[FeatureRef]] = {}
+        for ref in refs:
+            by_view.setdefault(ref.view, []).append(ref)
+        requests = []
+        for name in by_view:
+            view = views[name]
+            missing = [k for k in view.entity_keys if k not in columns]
+            if missing:
+                raise FsqlError(f"feature view '{name}' needs entity key(s) {', '.join(missing)}",
+                                hint=f"pass entities={{{', '.join(repr(k) + ': [...]' for k in view.entity_keys)}}}")
+            keys = [tuple(_cast_key(columns[k][i], view.column(k).dtype, k) for k in view.entity_keys)  # type: ignore[union-attr]
+                    for i in range(count)]
+            requests.append((self.online_table(view), keys))
+        results = self.online_store.read(requests)
+        now = _utc(now) if now else datetime.now(UTC)
+        data: dict[str, list[Any]] = {k: v for k, v in columns.items()}
+        for (table, _keys), rows in zip(requests, results, strict=True):
+            view = views[table.view]
+            stale_before = now - view.ttl if view.ttl else None
+            for ref in by_view[table.view]:
+                index = table.features.index(ref.feature)
+                values, statuses = [], []
+                for row in rows:
+                    if row is None:
+                        values.append(None)
+                        statuses.append("missing")
+                    elif stale_before is not None and row.event_ts < stale_before:
+                        values.append(None)
+                        statuses.append("stale")
+                    else:
+                        values.append(row.values[index])
+                        statuses.append("present")
+                data[outputs[ref]] = values
+                data[f"{outputs[ref]}__status"] = statuses
+        if as_dicts:
+            return [{k: v[i] for k, v in data.items()} for i in range(count)]
+        return pl.DataFrame(data, strict=False)
+
     # Training sets -----------------------------------------------------------------------------------
     def training_set(
         self,
@@ -646,3 +835,47 @@ def _classify(change: Change, file: ParsedFile, doc: dict[str, Any]) -> None:
     if not change.reasons:
         change.reasons.append("query changed")
 
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def arrow_type_of(view: FeatureView, column: str) -> pa.DataType:
+    from fsql.engines.base import arrow_type
+
+    found = view.column(column)
+    return arrow_type(found.dtype) if found else pa.string()
+
+
+def _online_batch(batch: pa.RecordBatch, view: FeatureView, schema: pa.Schema) -> pa.RecordBatch:
+    """The engine's latest rows renamed and cast to what the online store expects."""
+    from fsql.online import CREATED, EVENT_TS
+
+    arrays = []
+    for field_ in schema:
+        source = {EVENT_TS: view.timestamp, CREATED: view.created}.get(field_.name, field_.name)
+        if source is None:
+            arrays.append(pa.nulls(batch.num_rows, field_.type))
+            continue
+        column = batch.column(batch.schema.get_field_index(source))
+        if pa.types.is_timestamp(field_.type) and pa.types.is_timestamp(column.type) and column.type.tz is None \
+                and field_.type.tz is not None:
+            column = column.cast(pa.timestamp("us")).cast(field_.type)  # naive timestamps are UTC
+        elif pa.types.is_date(column.type) and pa.types.is_timestamp(field_.type):
+            column = column.cast(pa.timestamp("us")).cast(field_.type)
+        arrays.append(column.cast(field_.type) if column.type != field_.type else column)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _cast_key(value: Any, dtype: str, name: str) -> Any:
+    """Entity key values from a request (often strings from a CLI or JSON) cast to the key's type."""
+    upper = dtype.upper()
+    try:
+        if "INT" in upper and not isinstance(value, int):
+            return int(value)
+        if upper == "VARCHAR" and not isinstance(value, str):
+            return str(value)
+    except (TypeError, ValueError):
+        raise FsqlError(f"entity key {name}={value!r} is not a valid {dtype}") from None
+    return value

@@ -88,3 +88,33 @@ class Engine(Protocol):
 
 def view_table(schema: str, name: str) -> exp.Table:
     return exp.table_(name, db=schema, quoted=True)
+
+
+def arrow_type(dtype: str) -> pa.DataType:
+    """The Arrow type of a recorded column type (DuckDB spelling), the inverse of ``sql_type``."""
+    upper = dtype.upper()
+    if upper.startswith("DECIMAL"):
+        inner = upper[upper.index("(") + 1 : upper.index(")")] if "(" in upper else "18,3"
+        precision, scale = (int(x) for x in inner.split(","))
+        return pa.decimal128(precision, scale)
+    fixed = {
+        "BOOLEAN": pa.bool_(),
+        "TINYINT": pa.int8(),
+        "SMALLINT": pa.int16(),
+        "INTEGER": pa.int32(),
+        "BIGINT": pa.int64(),
+        "HUGEINT": pa.float64(),
+        "UTINYINT": pa.uint8(),
+        "USMALLINT": pa.uint16(),
+        "UINTEGER": pa.uint32(),
+        "UBIGINT": pa.uint64(),
+        "FLOAT": pa.float32(),
+        "DOUBLE": pa.float64(),
+        "DATE": pa.date32(),
+        "TIME": pa.time64("us"),
+        "VARCHAR": pa.string(),
+        "BLOB": pa.binary(),
+        "TIMESTAMP": pa.timestamp("us"),
+        "TIMESTAMP WITH TIME ZONE": pa.timestamp("us", tz="UTC"),
+    }
+    return fixed.get(upper, pa.string())
