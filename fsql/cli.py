@@ -239,5 +239,124 @@ def describe(name: str, project: ProjectOpt = Path("."), as_json: JsonOpt = Fals
                 typer.echo(f"{key}: {value}")
 
 
+def _parse_time(value: str | None, what: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise FsqlError(f"{what} '{value}' is not an ISO timestamp", hint="e.g. 2026-01-31 or 2026-01-31T12:00:00+00:00") from None
+
+
+@app.command()
+@handles_errors
+def materialize(
+    views: Annotated[list[str] | None, typer.Argument(help="Views to materialize (default: all).")] = None,
+    full: Annotated[bool, typer.Option("--full", help="Recompute from the start instead of the watermark.")] = False,
+    start: Annotated[str | None, typer.Option(help="Backfill window start (exclusive), ISO time.")] = None,
+    end: Annotated[str | None, typer.Option(help="Window end (inclusive), ISO time; default now.")] = None,
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Upsert the latest values per entity into the online store (incremental from the watermark)."""
+    import time
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with _store(project) as store:
+        interactive = sys.stderr.isatty() and not as_json
+        began = time.perf_counter()
+        if interactive:
+            with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,} rows"),
+                          TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), transient=True) as bar:
+                tasks: dict[str, Any] = {}
+
+                def report(view: str, rows: int) -> None:
+                    if view not in tasks:
+                        tasks[view] = bar.add_task(view, total=None, rate="")
+                    task = tasks[view]
+                    bar.advance(task, rows)
+                    done = bar.tasks[task].completed
+                    elapsed = max(time.perf_counter() - began, 1e-9)
+                    bar.update(task, rate=f"{done / elapsed:,.0f} rows/s")
+
+                results = store.service.materialize(views or None, full=full, start=_parse_time(start, "--start"),
+                                                    end=_parse_time(end, "--end"), progress=report)
+        else:
+            results = store.service.materialize(views or None, full=full, start=_parse_time(start, "--start"),
+                                                end=_parse_time(end, "--end"))
+        if as_json:
+            _json([r.to_dict() for r in results])
+            return
+        total = sum(r.rows for r in results)
+        for r in results:
+            rate = f"{r.rows / r.seconds:,.0f} rows/s" if r.seconds > 0 else ""
+            window = f"({r.start.isoformat() if r.start else '-inf'}, {r.end.isoformat()}]"
+            typer.echo(f"  {r.view:<28} {r.outcome:<8} {r.rows:>9,} rows  {window}  {rate}")
+        typer.echo(f"materialized {len(results)} views, {total:,} rows in {time.perf_counter() - began:.2f}s")
+
+
+@app.command()
+@handles_errors
+def get(
+    name: Annotated[str, typer.Argument(help="A feature view, training set, or view.feature.")],
+    entity: Annotated[list[str], typer.Option("--entity", "-e", help="key=value; repeat for composite keys or several entities.")],
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Read online values for one or more entities."""
+    columns: dict[str, list[str]] = {}
+    for item in entity:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise FsqlError(f"invalid --entity '{item}'", hint="write --entity customer_id=42")
+        columns.setdefault(key, []).append(value)
+    with _store(project) as store:
+        rows = store.service.online(name, columns, as_dicts=True)
+        if as_json:
+            _json(rows)
+            return
+        for row in rows:
+            for key, value in row.items():
+                if not key.endswith("__status"):
+                    status = row.get(f"{key}__status")
+                    typer.echo(f"{key:<32} {value!s:<24} {status or ''}")
+            typer.echo("")
+
+
+@app.command("training-set")
+@handles_errors
+def training_set(
+    name: Annotated[str, typer.Argument(help="A training set defined in features/.")],
+    spine: Annotated[str | None, typer.Option(help="A source name, a SQL query, or a .parquet/.csv file; default: the set's own spine.")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output file (.parquet or .csv).")] = Path("training_set.parquet"),
+    pit_mode: Annotated[str, typer.Option(help="known-at (default) or event-time (Feast-compatible).")] = "known-at",
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Compute a point-in-time correct training set and write it to a file."""
+    import time
+
+    import polars as pl
+
+    with _store(project) as store:
+        spine_data: Any = spine
+        if spine and Path(spine).suffix in (".parquet", ".csv") and Path(spine).exists():
+            spine_data = pl.read_parquet(spine) if spine.endswith(".parquet") else pl.read_csv(spine, try_parse_dates=True)
+        began = time.perf_counter()
+        if sys.stderr.isatty():
+            from rich.console import Console
+
+            with Console(stderr=True).status(f"computing training set {name}..."):
+                frame = store.training_set(name, spine=spine_data, pit_mode=pit_mode)  # type: ignore[arg-type]
+        else:
+            frame = store.training_set(name, spine=spine_data, pit_mode=pit_mode)  # type: ignore[arg-type]
+        output.parent.mkdir(parents=True, exist_ok=True)
+        if output.suffix == ".csv":
+            frame.write_csv(output)
+        else:
+            frame.write_parquet(output)
+        typer.echo(f"wrote {frame.height:,} rows x {frame.width} columns to {output} in {time.perf_counter() - began:.2f}s")
+
+
 def main() -> None:  # pragma: no cover
     app()
