@@ -1,0 +1,1 @@
+"""Alembic migrations of the registry; ``Registry.open`` applies them. Shipped inside the package."""
