@@ -31,10 +31,16 @@ from fsql.definitions import (
     Project,
     Source,
     TrainingSet,
-    from_document,
 )
 from fsql.engines import Engine, open_engine, view_table
-from fsql.errors import CompileError, FsqlError, MaterializationError, NotFoundError, did_you_mean
+from fsql.errors import (
+    CompileError,
+    FeatureFileError,
+    FsqlError,
+    MaterializationError,
+    NotFoundError,
+    did_you_mean,
+)
 from fsql.parsing.project import ParsedFile, ParsedProject, parse_project
 
 Progress = Callable[[str], None]
@@ -114,7 +120,7 @@ class Service:
         if self._registry is None:
             from fsql.registry import Registry
 
-            self._registry = Registry.open(self._registry_url())
+            self._registry = Registry.open(self.config.registry.url, base_dir=self.config.root)
         return self._registry
 
     @property
@@ -131,15 +137,6 @@ class Service:
                 Path(path).parent.mkdir(parents=True, exist_ok=True) if path != ":memory:" else None
                 self._online = open_online_store("sqlite", path=path, prefix=self.config.name)
         return self._online
-
-    def _registry_url(self) -> str:
-        url = self.config.registry.url
-        prefix = "sqlite:///"
-        if url.startswith(prefix) and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
-            path = self.config.resolve(url[len(prefix):])
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return prefix + str(path)
-        return url
 
     def close(self) -> None:
         for resource in (self._engine, self._online):
@@ -212,8 +209,9 @@ class Service:
             for name, view_file in parsed.views.items():
                 say(f"building view {name}")
                 body = self.compile_body(view_file, engine.dialect)
-                self._create_view(name, body, existing)
-                columns = engine.describe(f'SELECT * FROM "{schema}"."{name}"')
+                with _located(view_file):
+                    self._create_view(name, body, existing)
+                    columns = engine.describe(f'SELECT * FROM "{schema}"."{name}"')
                 view = self._feature_view(view_file, columns, snapshot, allow_breaking)
                 views[name] = view
                 latest = pit.latest_per_entity(self._pit_view(view), dialect=engine.dialect)
@@ -226,8 +224,8 @@ class Service:
                 training_set, sql = self._training_set(set_file, views)
                 sets[name] = training_set
                 if sql is not None:
-                    self._create_view(name, sql, existing)
-                    compiled[name] = {engine.dialect: sql}
+                    with _located(set_file):
+                        self._create_view(name, sql, existing)
             project = Project(
                 name=self.config.name,
                 dialect=self.config.dialect,
@@ -290,10 +288,9 @@ class Service:
         reserved = {*entity.keys, parsed.timestamp, parsed.created}
         if not [c for c in columns if c.name not in reserved]:
             raise parsed.error(f"feature view '{parsed.name}' selects no feature columns")
-        previous = snapshot.views.get(parsed.name) if hasattr(snapshot, "views") else None
-        old_doc = snapshot.definitions.get(parsed.name) if previous and hasattr(snapshot, "definitions") else None
-        if old_doc and not allow_breaking:
-            old_types = {c["name"]: c["dtype"] for c in old_doc.get("columns", [])}
+        previous = snapshot.view_definitions.get(parsed.name)
+        if previous is not None and not allow_breaking:
+            old_types = {c.name: c.dtype for c in previous.columns}
             for column in columns:
                 before = old_types.get(column.name)
                 if before and before != column.dtype:
@@ -329,9 +326,8 @@ class Service:
             for relation, upstream_column in upstream:
                 edges.append(
                     LineageEdge(
-                        downstream_kind="feature_view",
+                        downstream_kind="view",
                         downstream_name=parsed.name,
-                        downstream_version=parsed.fingerprint[:12],
                         downstream_column=column,
                         upstream_kind="view" if relation not in self.config.sources else "source",
                         upstream_name=relation,
@@ -355,7 +351,8 @@ class Service:
     def _training_set(self, parsed: ParsedFile, views: dict[str, FeatureView]) -> tuple[TrainingSet, str | None]:
         engine = self.engine
         spine_sql = self.compile_body(parsed, engine.dialect)
-        spine_columns = engine.describe(spine_sql)
+        with _located(parsed):
+            spine_columns = engine.describe(spine_sql)
         names = [c.name for c in spine_columns]
         if parsed.timestamp not in names:
             raise parsed.error(f"@timestamp column '{parsed.timestamp}' is not selected by the spine", key="timestamp",
@@ -410,17 +407,7 @@ class Service:
     def definitions(self) -> tuple[dict[str, FeatureView], dict[str, TrainingSet]]:
         """The registered definitions (the manifest), as the last successful build left them."""
         snapshot = self.registry.snapshot()
-        views: dict[str, FeatureView] = {}
-        sets: dict[str, TrainingSet] = {}
-        for name, doc in snapshot.definitions.items():
-            obj = from_document(doc)
-            if isinstance(obj, FeatureView):
-                views[name] = obj
-            else:
-                sets[name] = obj
-        for name, doc in getattr(snapshot, "training_set_definitions", {}).items():
-            sets[name] = from_document(doc)  # type: ignore[assignment]
-        return views, sets
+        return dict(snapshot.view_definitions), dict(snapshot.training_set_definitions)
 
     def require_built(self) -> tuple[dict[str, FeatureView], dict[str, TrainingSet]]:
         views, sets = self.definitions()
@@ -790,7 +777,7 @@ def _diff(parsed: ParsedProject, snapshot: Any) -> list[Change]:
     changes: list[Change] = []
     old_views: dict[str, str] = dict(snapshot.views)
     old_sets: dict[str, str] = dict(snapshot.training_sets)
-    definitions: dict[str, dict[str, Any]] = getattr(snapshot, "definitions", {})
+    definitions: dict[str, FeatureView] = snapshot.view_definitions
     for kind, files, old in (("feature_view", parsed.views, old_views), ("training_set", parsed.training_sets, old_sets)):
         for name, file in files.items():
             if name not in old:
@@ -809,9 +796,9 @@ def _diff(parsed: ParsedProject, snapshot: Any) -> list[Change]:
     return changes
 
 
-def _classify(change: Change, file: ParsedFile, doc: dict[str, Any]) -> None:
+def _classify(change: Change, file: ParsedFile, old: FeatureView) -> None:
     """Breaking: something a consumer relies on disappeared or changed meaning; else compatible."""
-    old_columns = [c["name"] for c in doc.get("columns", [])]
+    old_columns = [c.name for c in old.columns]
     new_columns = [n for n, _ in file.projections]
     if not file.has_star:
         removed = [c for c in old_columns if c not in new_columns]
@@ -822,14 +809,12 @@ def _classify(change: Change, file: ParsedFile, doc: dict[str, Any]) -> None:
         if added:
             change.reasons.append(f"columns added: {', '.join(added)}")
     for key, label in (("timestamp", "timestamp"), ("created", "created")):
-        if doc.get(key) != file.header.values.get(key):
+        if getattr(old, key) != file.header.values.get(key):
             change.breaking = True
             change.reasons.append(f"{label} column changed")
-    old_ttl = doc.get("ttl")
-    new_ttl = file.ttl.total_seconds() if file.ttl else None
-    if old_ttl != new_ttl:
+    if old.ttl != file.ttl:
         change.reasons.append("ttl changed")
-    if doc.get("entity") != file.header.values.get("entity"):
+    if old.entity != file.header.values.get("entity"):
         change.breaking = True
         change.reasons.append("entity changed")
     if not change.reasons:
@@ -879,3 +864,34 @@ def _cast_key(value: Any, dtype: str, name: str) -> Any:
     except (TypeError, ValueError):
         raise FsqlError(f"entity key {name}={value!r} is not a valid {dtype}") from None
     return value
+
+
+@contextmanager
+def _located(parsed: ParsedFile) -> Iterator[None]:
+    """Engine errors while building a file's view point at the file, and at the line of the name the
+    engine complains about when the message quotes one."""
+    from fsql.errors import EngineError
+
+    try:
+        yield
+    except EngineError as e:
+        if e.path is not None:
+            raise
+        import re
+
+        line = parsed.line
+        quoted = re.findall(r'"([^"]+)"', e.message) + re.findall(r"'([^']+)'", e.message)
+        for name in quoted:
+            for identifier in parsed.query.find_all(exp.Identifier):
+                if identifier.name == name and identifier.meta.get("line"):
+                    line = parsed.file_line(int(identifier.meta["line"])) or line
+                    break
+            else:
+                continue
+            break
+        raise FeatureFileError(
+            e.message.replace("\n", " "),
+            path=parsed.path,
+            line=line,
+            hint="fix the query; it must run on the warehouse engine",
+        ) from e

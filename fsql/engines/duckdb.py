@@ -62,19 +62,31 @@ class DuckDBEngine:
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
         self._run(sql, params)
 
+    def _relation(self, sql: str, params: Sequence[Any] | None) -> duckdb.DuckDBPyRelation:
+        # A relation (con.sql) streams Arrow without the extra copy a DB-API result makes.
+        try:
+            return self.con.sql(sql, params=list(params) if params else None)
+        except duckdb.Error as e:
+            raise EngineError(f"DuckDB: {str(e).splitlines()[0]}") from e
+
     def arrow(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
-        result = self._run(sql, params)
-        table = result.to_arrow_table() if hasattr(result, "to_arrow_table") else result.arrow()
-        return table
+        return self.batch_reader(sql, params).read_all()
+
+    def batch_reader(self, sql: str, params: Sequence[Any] | None = None, batch_size: int = 1_000_000) -> pa.RecordBatchReader:
+        relation = self._relation(sql, params)
+        try:
+            if hasattr(relation, "to_arrow_reader"):
+                return relation.to_arrow_reader(batch_size)
+            return relation.record_batch(batch_size)  # DuckDB < 1.4
+        except duckdb.Error as e:
+            raise EngineError(f"DuckDB: {str(e).splitlines()[0]}") from e
 
     def batches(self, sql: str, params: Sequence[Any] | None = None, batch_size: int = 50_000) -> Iterator[pa.RecordBatch]:
-        result = self._run(sql, params)
-        reader = (
-            result.to_arrow_reader(batch_size)
-            if hasattr(result, "to_arrow_reader")
-            else result.fetch_record_batch(batch_size)
-        )
-        yield from reader
+        reader = self.batch_reader(sql, params, batch_size)
+        try:
+            yield from reader
+        except duckdb.Error as e:
+            raise EngineError(f"DuckDB: {str(e).splitlines()[0]}") from e
 
     def describe(self, sql: str) -> list[Column]:
         return columns_of(self.arrow(f"SELECT * FROM ({sql}) AS __fsql_describe LIMIT 0").schema)
