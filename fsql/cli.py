@@ -239,6 +239,52 @@ def describe(name: str, project: ProjectOpt = Path("."), as_json: JsonOpt = Fals
                 typer.echo(f"{key}: {value}")
 
 
+@app.command()
+@handles_errors
+def lineage(
+    name: str,
+    transitive: Annotated[bool, typer.Option(help="Follow edges all the way to sources and models.")] = False,
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Column-level lineage of a view or training set: what it reads and what reads it."""
+    with _store(project) as store:
+        graph = store.service.registry.lineage(name, transitive=transitive)
+        if as_json:
+            _json(graph.to_dict())
+            return
+
+        def show(edge: Any) -> str:
+            down = f"{edge.downstream_name}.{edge.downstream_column}" if edge.downstream_column else edge.downstream_name
+            up = f"{edge.upstream_name}.{edge.upstream_column}" if edge.upstream_column else edge.upstream_name
+            return f"  {down:<40} <- {edge.upstream_kind} {up}"
+
+        typer.echo(f"{graph.kind} {graph.name} v{graph.version or '-'}")
+        if graph.upstream:
+            typer.echo("reads:")
+            for edge in graph.upstream:
+                typer.echo(show(edge))
+        if graph.downstream:
+            typer.echo("read by:")
+            for edge in graph.downstream:
+                typer.echo(show(edge))
+
+
+@app.command()
+@handles_errors
+def search(text: str, project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Search views, features and training sets by name, description and tags."""
+    with _store(project) as store:
+        hits = store.service.registry.search(text)
+        if as_json:
+            _json([h.to_dict() for h in hits])
+            return
+        if not hits:
+            typer.echo(f"nothing matches '{text}'")
+        for hit in hits:
+            typer.echo(f"{hit.kind:<13} {hit.name:<40} {hit.description or ''}")
+
+
 def _parse_time(value: str | None, what: str) -> datetime | None:
     if value is None:
         return None
