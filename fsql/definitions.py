@@ -134,35 +134,3 @@ def fingerprint(payload: object) -> str:
     data = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(data.encode()).hexdigest()
 
-
-def to_document(obj: FeatureView | TrainingSet) -> dict[str, object]:
-    """A JSON document of a definition (what the registry stores per version)."""
-    doc: dict[str, object] = {"kind": "feature_view" if isinstance(obj, FeatureView) else "training_set"}
-    for name in obj.__dataclass_fields__:
-        value = getattr(obj, name)
-        if isinstance(value, timedelta):
-            value = value.total_seconds()
-        elif name in ("columns", "spine_columns"):
-            value = [{"name": c.name, "dtype": c.dtype, "description": c.description} for c in value]
-        elif name == "features" and isinstance(obj, TrainingSet):
-            value = [str(ref) for ref in value]
-        elif isinstance(value, tuple):
-            value = list(value)
-        doc[name] = value
-    return doc
-
-
-def from_document(doc: dict[str, object]) -> FeatureView | TrainingSet:
-    data = {k: v for k, v in doc.items() if k != "kind"}
-    if doc.get("kind") == "training_set":
-        data["features"] = tuple(FeatureRef(*str(r).split(".", 1)) for r in data.get("features", []))  # type: ignore[union-attr]
-        data["spine_columns"] = tuple(Column(**c) for c in data.get("spine_columns", []))  # type: ignore[arg-type,union-attr]
-        for key in ("tags", "depends_on"):
-            data[key] = tuple(data.get(key) or ())  # type: ignore[arg-type]
-        return TrainingSet(**data)  # type: ignore[arg-type]
-    data["columns"] = tuple(Column(**c) for c in data.get("columns", []))  # type: ignore[arg-type,union-attr]
-    for key in ("entity_keys", "tags", "depends_on"):
-        data[key] = tuple(data.get(key) or ())  # type: ignore[arg-type]
-    ttl = data.get("ttl")
-    data["ttl"] = timedelta(seconds=float(ttl)) if ttl is not None else None  # type: ignore[arg-type]
-    return FeatureView(**data)  # type: ignore[arg-type]

@@ -507,7 +507,8 @@ class Service:
         window_start = start if start is not None else (None if full else watermark)
         if window_start is not None and window_start >= end:
             return RunResult(view.name, view.version, window_start, end, 0, 0.0, "skipped")
-        advances = start is None or (watermark is not None and start <= watermark) or watermark is None and full
+        # A backfill of an old window must not move the watermark past rows it never looked at.
+        advances = start is None or (watermark is not None and start <= watermark)
         run_id = registry.start_run(view.name, view.version, window_start, end)
         began = time.perf_counter()
         rows = 0
