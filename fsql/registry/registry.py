@@ -548,9 +548,11 @@ class Registry:
                 # One migration at a time per database; the fast path above takes no lock.
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_key("fsql.registry.migrate"))))
                 schema = self._ensure_pg_schema(conn)
-            self._upgrade(conn, schema)
+            # Another process may have migrated while this one waited for the lock.
+            if self._current_revisions(conn, schema) != frozenset({HEAD_REVISION}):
+                self._upgrade(conn, schema)
+                self.migrated = True
         self._pg_schema = schema
-        self.migrated = True
 
     @staticmethod
     def _current_revisions(conn: Connection, schema: str | None) -> frozenset[str]:
