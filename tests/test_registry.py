@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fsql.definitions import (
     Column,
@@ -640,6 +643,22 @@ def test_watermark_never_goes_backwards(registry: Registry) -> None:
         thread.join()
     assert errors == []
     assert registry.watermark("spend", v) == T0 + timedelta(hours=12)
+
+
+_example = itertools.count()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, 1000), st.booleans()), min_size=1, max_size=6))
+def test_watermark_is_the_greatest_successful_mark(registry: Registry, runs: list[tuple[int, bool]]) -> None:
+    view = make_view(f"v{next(_example)}")  # a fresh view (and state) per example
+    registry.apply(make_project(view))
+    for minutes, ok in runs:
+        mark = T0 + timedelta(minutes=minutes)
+        run_id = registry.start_run(view.name, view.version, None, mark)
+        registry.finish_run(run_id, rows=0, outcome="success" if ok else "failed", watermark=mark)
+    successes = [T0 + timedelta(minutes=m) for m, ok in runs if ok]
+    assert registry.watermark(view.name, view.version) == (max(successes) if successes else None)
 
 
 def test_runs_record_errors_and_cannot_finish_twice(registry: Registry) -> None:

@@ -18,7 +18,7 @@ import hashlib
 import types
 import typing
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -449,7 +449,13 @@ class Registry:
         sa_url = _normalize_url(url, base_dir)
         # Messages name the URL as the user wrote it (driver rewrite undone), password masked.
         shown = sa_url.set(drivername=sa.make_url(url).drivername).render_as_string(hide_password=True)
-        engine = _create_engine(sa_url)
+        try:
+            engine = _create_engine(sa_url)
+        except ImportError as exc:
+            raise RegistryError(
+                f"the registry {shown} needs a database driver that is not installed: {exc}",
+                hint="install fsql with PostgreSQL support: pip install 'fsql[postgres]'",
+            ) from exc
         registry = cls(engine, shown)
         try:
             registry._migrate()
@@ -508,7 +514,7 @@ class Registry:
         finally:
             conn.close()
 
-    def _read(self) -> Any:
+    def _read(self) -> AbstractContextManager[Connection]:
         return self._begin(write=False)
 
     def _migrate(self) -> None:
@@ -584,13 +590,17 @@ class Registry:
     def _upgrade(conn: Connection, schema: str | None) -> None:
         from alembic import command
         from alembic.config import Config
+        from alembic.util import CommandError
 
         config = Config()
         # ConfigParser interpolates '%', which a path may contain.
         config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
         config.attributes["connection"] = conn
         config.attributes["version_table_schema"] = schema
-        command.upgrade(config, "head")
+        try:
+            command.upgrade(config, "head")
+        except CommandError as exc:
+            raise RegistryError(f"migrating the registry failed: {exc}") from exc
 
     def current_revision(self) -> tuple[str, ...]:
         """The Alembic revision(s) the database is at."""
@@ -696,64 +706,48 @@ class Registry:
 
     def search(self, text: str) -> list[SearchHit]:
         """Current views, features and training sets whose name, description, tags or feature names
-        contain ``text`` (case-insensitive). Name matches come first."""
+        contain ``text`` (case-insensitive). Name matches come first, then views, sets, features."""
         # Matched in Python rather than with SQL LIKE: SQLite's lower() only folds ASCII, and the
         # catalog is small enough to scan.
         needle = text.strip().casefold()
-        hits: list[tuple[int, SearchHit]] = []
 
-        def contains(value: str | None) -> bool:
-            return value is not None and needle in value.casefold()
-
-        for view in self.list_views():
-            matched = [
+        def matched(*fields: tuple[str, Iterable[str | None]]) -> tuple[str, ...]:
+            return tuple(
                 label
-                for label, ok in (
-                    ("name", contains(view.name)),
-                    ("description", contains(view.description)),
-                    ("tags", any(contains(tag) for tag in view.tags)),
-                    ("features", any(contains(f.name) for f in view.features)),
-                )
-                if ok
-            ]
-            if matched:
-                hits.append(
-                    (
-                        0 if "name" in matched else 1,
-                        SearchHit("view", view.name, view.description, tuple(matched)),
-                    )
-                )
+                for label, values in fields
+                if any(v is not None and needle in v.casefold() for v in values)
+            )
+
+        with self._errors("read"), self._read() as conn:
+            views = _view_records(conn)
+            sets = _training_set_records(conn)
+        hits: list[SearchHit] = []
+        for view in views:
+            fields = matched(
+                ("name", [view.name]),
+                ("description", [view.description]),
+                ("tags", view.tags),
+                ("features", view.feature_names),
+            )
+            if fields:
+                hits.append(SearchHit("view", view.name, view.description, fields))
             for feature in view.features:
-                fmatched = [
-                    label
-                    for label, ok in (
-                        ("name", contains(feature.name)),
-                        ("description", contains(feature.description)),
+                fields = matched(("name", [feature.name]), ("description", [feature.description]))
+                if fields:
+                    hits.append(
+                        SearchHit("feature", f"{view.name}.{feature.name}", feature.description, fields)
                     )
-                    if ok
-                ]
-                if fmatched:
-                    hit = SearchHit(
-                        "feature", f"{view.name}.{feature.name}", feature.description, tuple(fmatched)
-                    )
-                    hits.append((0 if "name" in fmatched else 1, hit))
-        for ts in self.list_training_sets():
-            matched = [
-                label
-                for label, ok in (
-                    ("name", contains(ts.name)),
-                    ("description", contains(ts.description)),
-                    ("tags", any(contains(tag) for tag in ts.tags)),
-                    ("features", any(contains(ref.feature) for ref in ts.features)),
-                )
-                if ok
-            ]
-            if matched:
-                hit = SearchHit("training_set", ts.name, ts.description, tuple(matched))
-                hits.append((0 if "name" in matched else 1, hit))
+        for ts in sets:
+            fields = matched(
+                ("name", [ts.name]),
+                ("description", [ts.description]),
+                ("tags", ts.tags),
+                ("features", [ref.feature for ref in ts.features]),
+            )
+            if fields:
+                hits.append(SearchHit("training_set", ts.name, ts.description, fields))
         order = {"view": 0, "training_set": 1, "feature": 2}
-        hits.sort(key=lambda h: (h[0], order[h[1].kind], h[1].name))
-        return [hit for _, hit in hits]
+        return sorted(hits, key=lambda h: ("name" not in h.matched, order[h.kind], h.name))
 
     # -- materialization -----------------------------------------------------------------------
 
