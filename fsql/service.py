@@ -856,6 +856,8 @@ def _online_batch(batch: pa.RecordBatch, view: FeatureView, schema: pa.Schema) -
 
 def _cast_key(value: Any, dtype: str, name: str) -> Any:
     """Entity key values from a request (often strings from a CLI or JSON) cast to the key's type."""
+    if value is None:
+        return None  # a NULL key never matches (PIT rule 1): the entity is reported missing
     upper = dtype.upper()
     try:
         if "INT" in upper and not isinstance(value, int):
