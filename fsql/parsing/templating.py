@@ -53,9 +53,10 @@ class Renderer:
         template = self._template(text, shown)
         try:
             rendered = template.render()
-        except jinja2.TemplateError as e:
+        except Exception as e:  # a template may raise anything (a macro dividing by zero, a bad filter...)
             line = _template_line(e)
-            raise FeatureFileError(f"Jinja error: {getattr(e, 'message', None) or e}", path=shown, line=line) from None
+            detail = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
+            raise FeatureFileError(f"Jinja error: {detail}", path=shown, line=line) from None
         return rendered, line_map(text, rendered)
 
 
