@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -73,24 +74,24 @@ class SqliteOnlineStore:
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._codecs: dict[OnlineTable, RowCodec] = {}
-        if not self._memory:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._shared = self._connect() if self._memory else None
         if not self._memory:
             self._local.con = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
         try:
+            if not self._memory:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             con = sqlite3.connect(
                 self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
             )
             con.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             if not self._memory:
-                con.execute("PRAGMA journal_mode = WAL")
+                self._enable_wal(con)
                 # With WAL, NORMAL only risks the last transactions on power loss, never corruption;
                 # materialize re-runs are idempotent.
                 con.execute("PRAGMA synchronous = NORMAL")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise OnlineStoreError(
                 f"cannot open the SQLite online store at {self.path}: {exc}",
                 hint="check that the directory exists and is writable, or set [online] path in fsql.toml",
@@ -98,6 +99,22 @@ class SqliteOnlineStore:
         with self._connections_lock:
             self._connections.append(con)
         return con
+
+    def _enable_wal(self, con: sqlite3.Connection) -> None:
+        # Switching a new file to WAL needs an exclusive lock, and SQLite reports BUSY for it without
+        # calling the busy handler, so two processes opening a new file at once must retry by hand.
+        # WAL is persistent: once one connection has switched the file, the others only read it.
+        deadline = time.monotonic() + self.busy_timeout
+        delay = 0.001
+        while True:
+            try:
+                con.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
 
     @property
     def _con(self) -> sqlite3.Connection:
