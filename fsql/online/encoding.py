@@ -319,6 +319,27 @@ class RowCodec:
         return OnlineRow(event_ts, created, self.decode_values(raw[HEADER_SIZE:]))
 
 
+class CodecCache:
+    """RowCodec per OnlineTable. Looked up by identity first: hashing an OnlineTable hashes its Arrow
+    types, which costs microseconds on every read."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, tuple[OnlineTable, RowCodec]] = {}
+        self._by_value: dict[OnlineTable, RowCodec] = {}
+
+    def get(self, table: OnlineTable) -> RowCodec:
+        hit = self._by_id.get(id(table))
+        if hit is not None and hit[0] is table:
+            return hit[1]
+        codec = self._by_value.get(table)
+        if codec is None:
+            codec = self._by_value[table] = RowCodec(table)
+        if len(self._by_id) > 1024:  # callers building a new OnlineTable per request: stay bounded
+            self._by_id.clear()
+        self._by_id[id(table)] = (table, codec)  # holding `table` keeps its id from being reused
+        return codec
+
+
 def _column(batch: pa.RecordBatch, name: str) -> pa.Array:
     index = batch.schema.get_field_index(name)
     if index < 0:

@@ -31,7 +31,15 @@ from redis.exceptions import NoScriptError, RedisError
 
 from fsql.errors import OnlineStoreError
 from fsql.online.base import OnlineRow, OnlineTable, namespace
-from fsql.online.encoding import HEADER_SIZE, RowCodec, encode_headers, encode_keys, encode_times, key_text
+from fsql.online.encoding import (
+    HEADER_SIZE,
+    CodecCache,
+    RowCodec,
+    encode_headers,
+    encode_keys,
+    encode_times,
+    key_text,
+)
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
@@ -48,7 +56,7 @@ for i = 1, #KEYS do
   local new = ARGV[i + 1]
   local old = redis.call('GETRANGE', key, 0, size - 1)
   local replace = #old < size
-  if not replace then
+  if not replace and old ~= string.sub(new, 1, size) then
     for j = 1, size do
       local a, b = byte(new, j), byte(old, j)
       if a ~= b then
@@ -99,7 +107,7 @@ class RedisOnlineStore:
         self.prefix = prefix
         self.keys_per_call = keys_per_call
         self.calls_per_pipeline = calls_per_pipeline
-        self._codecs: dict[OnlineTable, RowCodec] = {}
+        self._codecs = CodecCache()
         try:
             self.client = redis.Redis.from_url(
                 self.url, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout
@@ -111,12 +119,6 @@ class RedisOnlineStore:
                 hint="is redis-server running? set FSQL_REDIS_URL or the [online] url in fsql.toml",
             ) from exc
 
-    def _codec(self, table: OnlineTable) -> RowCodec:
-        codec = self._codecs.get(table)
-        if codec is None:
-            codec = self._codecs[table] = RowCodec(table)
-        return codec
-
     def _fail(self, action: str, exc: Exception, hint: str | None = None) -> OnlineStoreError:
         if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
             hint = hint or "is redis-server running and reachable? check FSQL_REDIS_URL"
@@ -126,7 +128,7 @@ class RedisOnlineStore:
         """Upsert newer-wins; returns the number of rows that were inserted or replaced."""
         if batch.num_rows == 0:
             return 0
-        codec = self._codec(table)
+        codec = self._codecs.get(table)
         texts = encode_keys(table, batch)
         headers = encode_headers(*encode_times(batch))
         payloads = codec.encode_payloads(batch)
@@ -190,7 +192,7 @@ class RedisOnlineStore:
                 else:
                     positions.append(len(keys))
                     keys.append(ns + text)
-            slots.append((self._codec(table), positions))
+            slots.append((self._codecs.get(table), positions))
         if keys:
             try:
                 raw = self.client.execute_command("MGET", *keys)

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ import pyarrow as pa
 
 from fsql.errors import OnlineStoreError
 from fsql.online.base import OnlineRow, OnlineTable, namespace
-from fsql.online.encoding import RowCodec, encode_keys, encode_times, key_text, micros_to_datetime
+from fsql.online.encoding import CodecCache, encode_keys, encode_times, key_text, micros_to_datetime
 
 DEFAULT_PATH = ".fsql/online.db"
 _MAX_VARIABLES = 10_000  # SQLite >= 3.32 allows 32766 host parameters per statement
@@ -73,7 +74,7 @@ class SqliteOnlineStore:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
-        self._codecs: dict[OnlineTable, RowCodec] = {}
+        self._codecs = CodecCache()
         self._shared = self._connect() if self._memory else None
         if not self._memory:
             self._local.con = self._connect()
@@ -128,12 +129,6 @@ class SqliteOnlineStore:
     def _table(self, table: OnlineTable) -> str:
         return _quote(namespace(self.prefix, table).rstrip(":"))
 
-    def _codec(self, table: OnlineTable) -> RowCodec:
-        codec = self._codecs.get(table)
-        if codec is None:
-            codec = self._codecs[table] = RowCodec(table)
-        return codec
-
     @contextmanager
     def _errors(self, action: str) -> Iterator[None]:
         try:
@@ -150,7 +145,7 @@ class SqliteOnlineStore:
         """Upsert newer-wins in one transaction; returns the number of rows inserted or replaced."""
         if batch.num_rows == 0:
             return 0
-        codec = self._codec(table)
+        codec = self._codecs.get(table)
         texts = encode_keys(table, batch)
         event_us, created_us, present = encode_times(batch)
         payloads = codec.encode_payloads(batch)
@@ -161,6 +156,9 @@ class SqliteOnlineStore:
             )
             if text is not None
         ]
+        # Key order makes the B-tree inserts sequential: ~3x faster than arrival order on large batches.
+        # The sort is stable, so rows of one key (should a batch repeat one) keep their order.
+        rows.sort(key=itemgetter(0))
         name = self._table(table)
         with self._lock, self._errors(f"writing {table.view} (version {table.version})"):
             con = self._con
@@ -183,6 +181,9 @@ class SqliteOnlineStore:
         out: list[list[OnlineRow | None]] = []
         with self._lock, self._errors("reading"):
             con = self._con
+            if len(requests) == 1:  # one SELECT is already one snapshot
+                table, entity_keys = requests[0]
+                return [self._read_table(con, table, entity_keys)]
             # One read transaction: every table is read from the same snapshot.
             con.execute("BEGIN")
             try:
@@ -209,7 +210,7 @@ class SqliteOnlineStore:
             if "no such table" in str(exc):
                 return [None] * len(texts)  # nothing materialized for this version yet
             raise
-        codec = self._codec(table)
+        codec = self._codecs.get(table)
         rows: list[OnlineRow | None] = []
         for text in texts:
             hit = None if text is None else found.get(text)
