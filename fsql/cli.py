@@ -187,7 +187,7 @@ def ls(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
     """List the registered feature views and training sets."""
     with _store(project) as store:
         views, sets = store.service.definitions()
-        freshness = store.service.freshness() if hasattr(store.service, "freshness") else {}
+        freshness = store.service.freshness()
         items = [_view_summary(v, freshness.get(v.name)) for v in views.values()] + [_set_summary(s) for s in sets.values()]
         if as_json:
             _json(items)
@@ -216,7 +216,7 @@ def describe(name: str, project: ProjectOpt = Path("."), as_json: JsonOpt = Fals
     with _store(project) as store:
         views, sets = store.service.definitions()
         if name in views:
-            freshness = store.service.freshness() if hasattr(store.service, "freshness") else {}
+            freshness = store.service.freshness()
             item = _view_summary(views[name], freshness.get(name))
         elif name in sets:
             item = _set_summary(sets[name])

@@ -409,6 +409,13 @@ class Service:
         snapshot = self.registry.snapshot()
         return dict(snapshot.view_definitions), dict(snapshot.training_set_definitions)
 
+    def freshness(self) -> dict[str, dict[str, datetime | None]]:
+        """Per view (current version): when it was last materialized and its watermark."""
+        return {
+            record.name: {"last_materialized_at": record.last_materialized_at, "watermark": record.watermark}
+            for record in self.registry.list_views()
+        }
+
     def require_built(self) -> tuple[dict[str, FeatureView], dict[str, TrainingSet]]:
         views, sets = self.definitions()
         if not views:
