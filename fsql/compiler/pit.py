@@ -1,24 +1,82 @@
-"""The canonical point-in-time (PIT) plan. INTERFACE STUB: to be implemented.
+"""The canonical point-in-time (PIT) plan.
 
-See DESIGN.md section 3 for the six rules. This module is pure: definitions in, sqlglot trees out.
+This module is pure: definitions in, sqlglot trees out. It implements DESIGN.md section 3. For each
+spine row (keys, t) and each feature view:
+
+1. candidates: view rows whose every key column equals the spine's and ``event_ts <= t``
+   (NULL ``event_ts`` never qualifies);
+2. with a TTL, also ``event_ts >= t - ttl`` (exact duration: the interval is spelled in hours or
+   seconds, never days, so it does not depend on the session time zone);
+3. known-at mode (the default), for a view with a created column: ``created <= t OR created IS NULL``;
+4. the winner is the first row in the **tie order** below;
+5. no candidate: NULL features, the spine row is kept; a NULL in the winning row stays NULL;
+6. every spine row appears exactly once, in spine order, spine columns first and unchanged.
+
+The tie order (rule 4), one function used by every plan and by ``latest_per_entity``:
+
+    event_ts DESC, created DESC NULLS LAST, v1 DESC NULLS LAST, v2 DESC NULLS LAST, ...
+
+where v1, v2, ... are the view's value columns (``PitView.value_columns``: every feature column of
+the view in declared order, not only the selected ones, so a training set and ``<view>__latest``
+always pick the same row). Values compare with NULL lowest, NaN above +Infinity, strings in byte
+(UTF-8 code point) order: PostgreSQL gets ``COLLATE "C"``, BigQuery an ``IS_NAN`` key (see
+``fsql.compiler.dialects.value_sort_keys``). Rows equal on all of these are exact duplicates as far
+as the output can tell, so which one is picked cannot change a result. One caveat: -0.0 and 0.0
+compare equal on every engine, so either may be returned.
+
+Plans (chosen per view from ``fsql.compiler.dialects`` capability flags):
+
+* ``asof`` (DuckDB, Snowflake): native ASOF join on a narrow (keys, match time) relation finds the
+  winning ``event_ts``; an equi-join on (keys, event_ts) then fetches the rows at that instant and a
+  ROW_NUMBER applies the rest of the tie order. The native join picks arbitrarily among equal
+  timestamps, which is why it only returns the winning *time*. In known-at mode the match time is
+  the row's eligible-at time ``GREATEST(event_ts, COALESCE(created, event_ts))`` and the relation
+  carries the running ``MAX(event_ts)`` over eligible-at order: at any t, the greatest event_ts among
+  rows known at t. An older but known row therefore wins over a newer unknown one. The TTL is
+  checked on the winning event_ts after the join: it is the greatest candidate event_ts, so if it
+  is too old, every candidate is.
+* ``timeline`` (BigQuery, Spark, Trino, unindexed PostgreSQL): the same, but the winning event_ts
+  comes from a running MAX over a UNION ALL of view rows (at their match time) and spine probe
+  points, ordered so that view rows precede probe points at equal times (``<=`` counts).
+* ``lateral`` (PostgreSQL with the covering index from ``offline_index``): one
+  ``LEFT JOIN LATERAL (... ORDER BY <tie order> LIMIT 1)`` per view: an index range scan, backward,
+  stopping at the first row. ``event_ts DESC NULLS FIRST`` is spelled out because it is what a
+  backward scan of an ascending index yields (NULLs cannot qualify, so it is the same order);
+  sqlglot would otherwise emit ``DESC NULLS LAST``, which the index cannot serve.
+* ``range``: range join on keys and ``event_ts <= t`` plus ROW_NUMBER per probe point. Quadratic in
+  history depth; kept for measurement (bench/pit.py) and for engines without windows' running frames.
+
+Measured in bench/pit.py (scale 1: 100k spine rows, 2M events; see the numbers in the module
+docstring of bench/pit.py): on PostgreSQL 15, LATERAL with the covering index is the fastest plan;
+without an index LATERAL degenerates into one scan per spine row, so the unindexed default is the
+timeline plan. On DuckDB the ASOF plan is the fastest.
+
+Non-ASOF plans compute features per distinct probe point (spine keys, t) and join them back on
+(keys, t): spine duplicates share their answer, and no plan relies on a row number being the same
+in two evaluations of the spine. When ``ordinal`` is None the output order is
+``ROW_NUMBER() OVER ()`` over the spine, computed once: the engine's scan order of the spine
+relation, which DuckDB and PostgreSQL keep for a table or a simple query but SQL does not promise;
+the SDK passes an explicit ordinal for DataFrame spines.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlglot import exp
 
+from fsql.compiler.dialects import Capabilities, PitPlan, capabilities, natural_order, value_sort_keys
 from fsql.definitions import PitMode
+from fsql.errors import CompileError
 
 
 @dataclass(frozen=True)
 class PitView:
     """One feature view as the PIT plan sees it."""
 
-    name: str  # the view's name, used to derive aliases
+    name: str  # the view's name, used in messages
     relation: exp.Expression  # a table (or subquery) holding the view's full history
     keys: tuple[str, ...]  # entity key columns of the view
     timestamp: str  # event timestamp column of the view
@@ -28,6 +86,18 @@ class PitView:
     features: tuple[tuple[str, str], ...]
     # spine columns matched to `keys`, position by position; defaults to the same names
     spine_keys: tuple[str, ...] | None = None
+    # every value (feature) column of the view in declared order, with its SQL type when known
+    # (DuckDB spelling, e.g. VARCHAR, DOUBLE). It is the tie-break order of rule 4 and the INCLUDE
+    # list of `offline_index`. Pass all of them, not only the selected features, so a training set
+    # and `<view>__latest` pick the same row. Types make string and NaN ordering identical across
+    # engines with plain SQL; unknown types get a slower but equivalent guard on PostgreSQL.
+    # Defaults to the selected features with unknown types.
+    value_columns: tuple[tuple[str, str | None], ...] = ()
+    # the relation is a table carrying `offline_index(...)`: engines that benefit use an index plan
+    indexed: bool = False
+
+
+# --- public API --------------------------------------------------------------------------------
 
 
 def compile_pit(
@@ -39,9 +109,98 @@ def compile_pit(
     dialect: str,
     mode: PitMode = "known-at",
     ordinal: str | None = None,
+    plan: PitPlan | Mapping[str, PitPlan] | None = None,
 ) -> exp.Query:
-    """The training-set query: spine columns first (unchanged, in spine order), then features."""
-    raise NotImplementedError
+    """The training-set query: spine columns first (unchanged, in spine order), then features.
+
+    ``plan`` overrides the dialect's plan choice (one plan, or a plan per view name); tests and the
+    benchmark use it to run every plan on every engine that can.
+    """
+    caps = capabilities(dialect)
+    _check_mode(mode)
+    spine_columns = list(spine_columns)
+    _check_spine(spine_columns, spine_timestamp, ordinal)
+    for view in views:
+        _check_view(view)
+    _check_outputs(spine_columns, views)
+
+    taken = {*spine_columns, *(out for v in views for _, out in v.features)}
+    for v in views:
+        taken.update([*v.keys, v.timestamp, *([v.created] if v.created else []), *_value_names(v)])
+    names = _Names(taken)
+
+    ctes: list[exp.CTE] = []
+    spine_src = _cte_or_table(spine, names("spine"), ctes)
+    s = names("s")
+    ord_col = ordinal or names("ord")
+    spine_t = exp.column(spine_timestamp, s, quoted=True)
+
+    if ordinal is None:
+        numbered = exp.select(
+            *(exp.column(c, "sp", quoted=True) for c in spine_columns),
+            exp.alias_(exp.Window(this=exp.RowNumber()), ord_col, quoted=True, copy=False),
+            copy=False,
+        ).from_(_aliased(spine_src, "sp"), copy=False)
+        final_from: exp.Expression = numbered.subquery(exp.to_identifier(s, quoted=True), copy=False)
+    else:
+        final_from = _aliased(spine_src, s)
+
+    out_cols: list[exp.Expression] = [
+        exp.alias_(exp.column(c, s, quoted=True), c, quoted=True, copy=False)
+        for c in spine_columns
+        if c != ordinal
+    ]
+    joins: list[exp.Join] = []
+    probes: dict[tuple[str, ...], str] = {}
+
+    for i, view in enumerate(views):
+        chosen = _choose_plan(view, caps, plan)
+        spine_keys = view.spine_keys or view.keys
+        hist = _cte_or_table(view.relation, names(f"v{i}"), ctes)
+        if chosen == "lateral":
+            alias = names(f"l{i}")
+            joins.append(_lateral_join(view, hist, alias, s, spine_keys, spine_timestamp, caps, mode, names))
+            out_cols += [
+                exp.alias_(exp.column(out, alias, quoted=True), out, quoted=True, copy=False)
+                for _, out in view.features
+            ]
+            continue
+
+        # probe points: distinct (spine keys, t) with no NULL, shared by views on the same spine keys
+        probe_key = tuple(spine_keys)
+        if probe_key not in probes:
+            probes[probe_key] = names(f"p{len(probes)}")
+            ctes.append(_cte(probes[probe_key], _probe_points(spine_src, spine_keys, spine_timestamp, names)))
+        p = probes[probe_key]
+        k_names = [names.fixed(f"k{j}") for j in range(len(spine_keys))]
+        t_name = names.fixed("t")
+
+        f = names(f"f{i}")
+        if chosen == "range":
+            ctes.append(_cte(f, _range_fetch(view, hist, p, k_names, t_name, caps, mode, names)))
+        else:
+            m = names(f"m{i}")
+            if chosen == "asof":
+                ctes.append(_cte(m, _asof_match(view, hist, p, k_names, t_name, caps, mode, names)))
+            else:
+                ctes.append(_cte(m, _timeline_match(view, hist, p, k_names, t_name, caps, mode, names)))
+            ctes.append(_cte(f, _fetch(view, hist, m, k_names, t_name, caps, mode, names)))
+        on = [
+            exp.EQ(this=exp.column(k, f, quoted=True), expression=exp.column(sk, s, quoted=True))
+            for k, sk in zip(k_names, spine_keys, strict=True)
+        ]
+        on.append(exp.EQ(this=exp.column(t_name, f, quoted=True), expression=spine_t.copy()))
+        joins.append(exp.Join(this=_table(f), side="LEFT", on=exp.and_(*on, copy=False)))
+        out_cols += [
+            exp.alias_(exp.column(out, f, quoted=True), out, quoted=True, copy=False)
+            for _, out in view.features
+        ]
+
+    query = exp.Select(expressions=out_cols).from_(final_from, copy=False)
+    for join in joins:
+        query = query.join(join, copy=False)
+    query = query.order_by(natural_order(exp.column(ord_col, s, quoted=True), caps), copy=False)
+    return _with(query, ctes)
 
 
 def latest_per_entity(
@@ -52,5 +211,689 @@ def latest_per_entity(
     as_of: exp.Expression | None = None,
     apply_ttl: bool = True,
 ) -> exp.Query:
-    """One row per entity: the row the PIT join would pick for a spine row (keys, as_of)."""
-    raise NotImplementedError
+    """One row per entity: the row the PIT join would pick for a spine row (keys, as_of).
+
+    Columns: the view's keys, event timestamp and created column (view names), then the features
+    under their output names. Entities with a NULL key are left out (a NULL key never matches).
+    ``as_of`` None means CURRENT_TIMESTAMP. ``apply_ttl=False`` skips rule 2 (materialization
+    checks freshness at read time).
+    """
+    caps = capabilities(dialect)
+    _check_mode(mode)
+    _check_view(view)
+    out_names = [*view.keys, view.timestamp, *([view.created] if view.created else [])]
+    feature_outs = [out for _, out in view.features]
+    _check_unique(out_names + feature_outs, f"latest row of view '{view.name}'")
+
+    taken = {*out_names, *feature_outs, *_value_names(view)}
+    names = _Names(taken)
+    ctes: list[exp.CTE] = []
+    hist = _cte_or_table(view.relation, names("v"), ctes)
+    h = names("h")
+    t = as_of.copy() if as_of is not None else exp.CurrentTimestamp()
+
+    cond = [_not_null(exp.column(k, h, quoted=True)) for k in view.keys]
+    cond += _candidate(view, h, t, mode, apply_ttl=apply_ttl)
+    cols: list[exp.Expression] = [exp.column(c, h, quoted=True) for c in out_names]
+    cols += [
+        exp.alias_(exp.column(c, h, quoted=True), out, quoted=True, copy=False) for c, out in view.features
+    ]
+    partition = [exp.column(k, h, quoted=True) for k in view.keys]
+    order = _tie_order(view, h, caps, with_timestamp=True)
+
+    base = (
+        exp.select(*cols, copy=False)
+        .from_(_aliased(hist, h), copy=False)
+        .where(exp.and_(*cond, copy=False), copy=False)
+    )
+    if caps.qualify:
+        query = base.qualify(
+            exp.EQ(this=_row_number(partition, order), expression=exp.Literal.number(1)), copy=False
+        )
+    elif caps.distinct_on:
+        query = base.distinct(*partition, copy=False).order_by(
+            *(natural_order(c.copy(), caps) for c in partition), *order, copy=False
+        )
+        query.set("distinct", exp.Distinct(on=exp.Tuple(expressions=partition)))
+    else:
+        rn = names("rn")
+        inner = base.select(
+            exp.alias_(_row_number(partition, order), rn, quoted=True, copy=False), copy=False
+        )
+        x = names("x")
+        query = (
+            exp.select(*(exp.column(c, x, quoted=True) for c in [*out_names, *feature_outs]), copy=False)
+            .from_(inner.subquery(exp.to_identifier(x, quoted=True), copy=False), copy=False)
+            .where(exp.EQ(this=exp.column(rn, x, quoted=True), expression=exp.Literal.number(1)), copy=False)
+        )
+    return _with(query, ctes)
+
+
+def offline_index(view: PitView, table: exp.Table, dialect: str) -> exp.Expression | None:
+    """The CREATE INDEX that makes the indexed PIT plan fast for a history persisted as ``table``.
+
+    On PostgreSQL: ``(keys..., event_ts) INCLUDE (created, value columns...)``. The LATERAL probe is
+    an equality on the keys and a range on event_ts, scanned backward from t, so this key order
+    serves both the WHERE and the ORDER BY; the INCLUDE list lets the probe be an index-only scan
+    (after VACUUM). None for dialects that do not benefit from indexes (columnar engines).
+    After creating it, construct the PitView with ``indexed=True``.
+    """
+    caps = capabilities(dialect)
+    _check_view(view)
+    if not caps.indexes:
+        return None
+    if not isinstance(table, exp.Table):
+        raise CompileError(
+            f"offline_index for view '{view.name}' needs a table, got {type(table).__name__}",
+            hint="persist the view's history as a table first",
+        )
+    key_cols = [*view.keys, view.timestamp]
+    extra = [c for c in ([view.created] if view.created else []) + _value_names(view) if c not in key_cols]
+    extra = list(dict.fromkeys(extra))
+    columns = [exp.Ordered(this=exp.column(c, quoted=True), nulls_first=False) for c in key_cols]
+    include = [exp.to_identifier(c, quoted=True) for c in extra]
+    if not caps.index_include:
+        columns += [exp.Ordered(this=exp.column(c, quoted=True), nulls_first=False) for c in extra]
+        include = []
+    index_name = _index_name(table.name)
+    params = exp.IndexParameters(columns=columns, include=include or None)
+    return exp.Create(
+        this=exp.Index(this=exp.to_identifier(index_name, quoted=True), table=table.copy(), params=params),
+        kind="INDEX",
+        exists=True,
+    )
+
+
+# --- plans -------------------------------------------------------------------------------------
+
+
+def _choose_plan(view: PitView, caps: Capabilities, plan: PitPlan | Mapping[str, PitPlan] | None) -> PitPlan:
+    chosen: PitPlan | None
+    chosen = plan.get(view.name) if isinstance(plan, Mapping) else plan
+    if chosen is None:
+        chosen = caps.pit_plan_indexed if view.indexed else caps.pit_plan
+    if chosen == "asof" and caps.asof is None:
+        raise CompileError(f"dialect '{caps.name}' has no ASOF join", hint="use plan 'timeline'")
+    if chosen == "lateral" and not caps.lateral:
+        raise CompileError(f"dialect '{caps.name}' has no LATERAL top-1 join", hint="use plan 'timeline'")
+    if chosen not in ("asof", "lateral", "timeline", "range"):
+        raise CompileError(f"unknown PIT plan '{chosen}'", hint="use asof, lateral, timeline or range")
+    return chosen
+
+
+def _probe_points(
+    spine: exp.Expression, spine_keys: Sequence[str], spine_timestamp: str, names: _Names
+) -> exp.Select:
+    """Distinct (keys, t) of the spine without NULLs: a NULL key or t has no candidate (rules 1, 5)."""
+    sp = "sp"
+    cols = [
+        exp.alias_(exp.column(k, sp, quoted=True), names.fixed(f"k{j}"), quoted=True, copy=False)
+        for j, k in enumerate(spine_keys)
+    ]
+    cols.append(
+        exp.alias_(exp.column(spine_timestamp, sp, quoted=True), names.fixed("t"), quoted=True, copy=False)
+    )
+    cond = [_not_null(exp.column(c, sp, quoted=True)) for c in [*spine_keys, spine_timestamp]]
+    return (
+        exp.select(*cols, copy=False)
+        .distinct(copy=False)
+        .from_(_aliased(spine, sp), copy=False)
+        .where(exp.and_(*cond, copy=False), copy=False)
+    )
+
+
+def _match_time(view: PitView, h: str, mode: PitMode) -> exp.Expression:
+    """When a row becomes a candidate (ignoring the TTL): its event time, or in known-at mode the
+    later of its event time and its created time (NULL created = known since the event)."""
+    ts = exp.column(view.timestamp, h, quoted=True)
+    if view.created is None or mode == "event-time":
+        return ts
+    # CASE rather than GREATEST: engines disagree on GREATEST with a NULL argument
+    created = exp.column(view.created, h, quoted=True)
+    later = exp.GT(this=created, expression=ts)
+    return exp.Case(ifs=[exp.If(this=later, true=created.copy())], default=ts.copy())
+
+
+def _asof_match(
+    view: PitView,
+    hist: exp.Expression,
+    p: str,
+    k_names: list[str],
+    t_name: str,
+    caps: Capabilities,
+    mode: PitMode,
+    names: _Names,
+) -> exp.Select:
+    """(probe keys, t, winning event_ts) for probe points with a candidate, via native ASOF."""
+    h, a = names("h"), names("a")
+    best = names.fixed("best")
+    match = names.fixed("match")
+    keys = [
+        exp.alias_(exp.column(k, h, quoted=True), kn, quoted=True, copy=False)
+        for k, kn in zip(view.keys, k_names, strict=True)
+    ]
+    ts = exp.column(view.timestamp, h, quoted=True)
+    inner = (
+        exp.select(*keys, copy=False)
+        .from_(_aliased(hist, h), copy=False)
+        .where(_not_null(ts.copy()), copy=False)
+    )
+    if view.created is None or mode == "event-time":
+        # ASOF picks any row among equal event times: only the time is taken from it
+        matcher = inner.select(
+            exp.alias_(ts.copy(), match, quoted=True, copy=False),
+            exp.alias_(ts.copy(), best, quoted=True, copy=False),
+            copy=False,
+        )
+    else:
+        # running MAX(event_ts) in eligible-at order: the greatest event_ts known at each instant.
+        # RANGE frame so rows with equal eligible-at times share one value (ASOF may pick any).
+        x = names("x")
+        inner = inner.select(
+            exp.alias_(_match_time(view, h, mode), match, quoted=True, copy=False),
+            exp.alias_(ts.copy(), best, quoted=True, copy=False),
+            copy=False,
+        )
+        frame = exp.WindowSpec(kind="RANGE", start="UNBOUNDED", start_side="PRECEDING", end="CURRENT ROW")
+        running = exp.Window(
+            this=exp.Max(this=exp.column(best, x, quoted=True)),
+            partition_by=[exp.column(kn, x, quoted=True) for kn in k_names],
+            order=exp.Order(expressions=[natural_order(exp.column(match, x, quoted=True), caps)]),
+            spec=frame,
+        )
+        matcher = exp.select(
+            *(exp.column(kn, x, quoted=True) for kn in k_names),
+            exp.column(match, x, quoted=True),
+            exp.alias_(running, best, quoted=True, copy=False),
+            copy=False,
+        ).from_(inner.subquery(exp.to_identifier(x, quoted=True), copy=False), copy=False)
+
+    equal = exp.and_(
+        *(
+            exp.EQ(this=exp.column(kn, p, quoted=True), expression=exp.column(kn, a, quoted=True))
+            for kn in k_names
+        ),
+        copy=False,
+    )
+    reached = exp.GTE(this=exp.column(t_name, p, quoted=True), expression=exp.column(match, a, quoted=True))
+    if caps.asof == "match_condition":
+        join = exp.Join(
+            this=matcher.subquery(exp.to_identifier(a, quoted=True), copy=False),
+            method="ASOF",
+            match_condition=reached,
+            on=equal,
+        )
+    else:
+        join = exp.Join(
+            this=matcher.subquery(exp.to_identifier(a, quoted=True), copy=False),
+            method="ASOF",
+            on=exp.and_(equal, reached, copy=False),
+        )
+    return (
+        exp.select(
+            *(exp.column(kn, p, quoted=True) for kn in k_names),
+            exp.column(t_name, p, quoted=True),
+            exp.column(best, a, quoted=True),
+            copy=False,
+        )
+        .from_(_table(p), copy=False)
+        .join(join, copy=False)
+    )
+
+
+def _timeline_match(
+    view: PitView,
+    hist: exp.Expression,
+    p: str,
+    k_names: list[str],
+    t_name: str,
+    caps: Capabilities,
+    mode: PitMode,
+    names: _Names,
+) -> exp.Select:
+    """(probe keys, t, winning event_ts) via a running MAX over a UNION ALL timeline.
+
+    View rows enter at their match time carrying their event_ts, probe points at t carrying NULL;
+    at equal times view rows sort first (kind 0) because ``event_ts <= t`` includes equality. The
+    running MAX at a probe point is the greatest event_ts among rows known by t: the winner's time.
+    """
+    h, x = names("h"), names("x")
+    best, kind = names.fixed("best"), names.fixed("kind")
+    ts = exp.column(view.timestamp, h, quoted=True)
+    view_rows = (
+        exp.select(
+            *(
+                exp.alias_(exp.column(k, h, quoted=True), kn, quoted=True, copy=False)
+                for k, kn in zip(view.keys, k_names, strict=True)
+            ),
+            exp.alias_(_match_time(view, h, mode), t_name, quoted=True, copy=False),
+            exp.alias_(exp.Literal.number(0), kind, quoted=True, copy=False),
+            exp.alias_(ts.copy(), best, quoted=True, copy=False),
+            copy=False,
+        )
+        .from_(_aliased(hist, h), copy=False)
+        .where(_not_null(ts.copy()), copy=False)
+    )
+    probe_rows = exp.select(
+        *(exp.column(kn, p, quoted=True) for kn in k_names),
+        exp.column(t_name, p, quoted=True),
+        exp.alias_(exp.Literal.number(1), kind, quoted=True, copy=False),
+        exp.alias_(exp.Null(), best, quoted=True, copy=False),
+        copy=False,
+    ).from_(_table(p), copy=False)
+    timeline = exp.union(view_rows, probe_rows, distinct=False, copy=False)
+    frame = exp.WindowSpec(kind="ROWS", start="UNBOUNDED", start_side="PRECEDING", end="CURRENT ROW")
+    running = exp.Window(
+        this=exp.Max(this=exp.column(best, x, quoted=True)),
+        partition_by=[exp.column(kn, x, quoted=True) for kn in k_names],
+        order=exp.Order(
+            expressions=[
+                natural_order(exp.column(t_name, x, quoted=True), caps),
+                natural_order(exp.column(kind, x, quoted=True), caps),
+            ]
+        ),
+        spec=frame,
+    )
+    y = names("y")
+    scanned = exp.select(
+        *(exp.column(kn, x, quoted=True) for kn in k_names),
+        exp.column(t_name, x, quoted=True),
+        exp.column(kind, x, quoted=True),
+        exp.alias_(running, best, quoted=True, copy=False),
+        copy=False,
+    ).from_(timeline.subquery(exp.to_identifier(x, quoted=True), copy=False), copy=False)
+    return (
+        exp.select(*(exp.column(c, y, quoted=True) for c in [*k_names, t_name, best]), copy=False)
+        .from_(scanned.subquery(exp.to_identifier(y, quoted=True), copy=False), copy=False)
+        .where(
+            exp.and_(
+                exp.EQ(this=exp.column(kind, y, quoted=True), expression=exp.Literal.number(1)),
+                _not_null(exp.column(best, y, quoted=True)),
+                copy=False,
+            ),
+            copy=False,
+        )
+    )
+
+
+def _fetch(
+    view: PitView,
+    hist: exp.Expression,
+    m: str,
+    k_names: list[str],
+    t_name: str,
+    caps: Capabilities,
+    mode: PitMode,
+    names: _Names,
+) -> exp.Select:
+    """Features per probe point: rows at the winning (keys, event_ts) still candidates at t, the
+    first in the tie order. The winning time passed the TTL iff the TTL check on it passes."""
+    h = names("h")
+    best = names.fixed("best")
+    t = exp.column(t_name, m, quoted=True)
+    on = [
+        exp.EQ(this=exp.column(k, h, quoted=True), expression=exp.column(kn, m, quoted=True))
+        for k, kn in zip(view.keys, k_names, strict=True)
+    ]
+    on.append(
+        exp.EQ(this=exp.column(view.timestamp, h, quoted=True), expression=exp.column(best, m, quoted=True))
+    )
+    cond: list[exp.Expression] = []
+    if view.ttl is not None:
+        cond.append(
+            exp.GTE(
+                this=exp.column(best, m, quoted=True),
+                expression=exp.Sub(this=t.copy(), expression=_interval(view.ttl)),
+            )
+        )
+    if view.created is not None and mode == "known-at":
+        cond.append(_known(view, h, t))
+    cols = [exp.column(c, m, quoted=True) for c in [*k_names, t_name]]
+    cols += [
+        exp.alias_(exp.column(c, h, quoted=True), out, quoted=True, copy=False) for c, out in view.features
+    ]
+    partition = [exp.column(c, m, quoted=True) for c in [*k_names, t_name]]
+    order = _tie_order(view, h, caps, with_timestamp=False)
+    query = (
+        exp.select(*cols, copy=False)
+        .from_(_table(m), copy=False)
+        .join(_aliased(hist, h), on=exp.and_(*on, copy=False), copy=False)
+    )
+    if cond:
+        query = query.where(exp.and_(*cond, copy=False), copy=False)
+    return _first_per(
+        query, partition, order, [*k_names, t_name, *(out for _, out in view.features)], caps, names
+    )
+
+
+def _range_fetch(
+    view: PitView,
+    hist: exp.Expression,
+    p: str,
+    k_names: list[str],
+    t_name: str,
+    caps: Capabilities,
+    mode: PitMode,
+    names: _Names,
+) -> exp.Select:
+    """Features per probe point by a range join on keys and event_ts <= t, first in tie order."""
+    h = names("h")
+    t = exp.column(t_name, p, quoted=True)
+    on = [
+        exp.EQ(this=exp.column(k, h, quoted=True), expression=exp.column(kn, p, quoted=True))
+        for k, kn in zip(view.keys, k_names, strict=True)
+    ]
+    on += _candidate(view, h, t, mode, apply_ttl=True)
+    cols = [exp.column(c, p, quoted=True) for c in [*k_names, t_name]]
+    cols += [
+        exp.alias_(exp.column(c, h, quoted=True), out, quoted=True, copy=False) for c, out in view.features
+    ]
+    partition = [exp.column(c, p, quoted=True) for c in [*k_names, t_name]]
+    order = _tie_order(view, h, caps, with_timestamp=True)
+    query = (
+        exp.select(*cols, copy=False)
+        .from_(_table(p), copy=False)
+        .join(_aliased(hist, h), on=exp.and_(*on, copy=False), copy=False)
+    )
+    return _first_per(
+        query, partition, order, [*k_names, t_name, *(out for _, out in view.features)], caps, names
+    )
+
+
+def _lateral_join(
+    view: PitView,
+    hist: exp.Expression,
+    alias: str,
+    s: str,
+    spine_keys: Sequence[str],
+    spine_timestamp: str,
+    caps: Capabilities,
+    mode: PitMode,
+    names: _Names,
+) -> exp.Join:
+    """LEFT JOIN LATERAL (SELECT features ... WHERE <candidate> ORDER BY <tie order> LIMIT 1)."""
+    h = names("h")
+    t = exp.column(spine_timestamp, s, quoted=True)
+    cond = [
+        exp.EQ(this=exp.column(k, h, quoted=True), expression=exp.column(sk, s, quoted=True))
+        for k, sk in zip(view.keys, spine_keys, strict=True)
+    ]
+    cond += _candidate(view, h, t, mode, apply_ttl=True)
+    order = _tie_order(view, h, caps, with_timestamp=True)
+    sub = (
+        exp.select(
+            *(
+                exp.alias_(exp.column(c, h, quoted=True), out, quoted=True, copy=False)
+                for c, out in view.features
+            ),
+            copy=False,
+        )
+        .from_(_aliased(hist, h), copy=False)
+        .where(exp.and_(*cond, copy=False), copy=False)
+        .order_by(*order, copy=False)
+        .limit(1, copy=False)
+    )
+    lateral = exp.Lateral(
+        this=sub.subquery(copy=False), alias=exp.TableAlias(this=exp.to_identifier(alias, quoted=True))
+    )
+    return exp.Join(this=lateral, side="LEFT", on=exp.true())
+
+
+# --- rule helpers ------------------------------------------------------------------------------
+
+
+def _candidate(
+    view: PitView, h: str, t: exp.Expression, mode: PitMode, *, apply_ttl: bool
+) -> list[exp.Expression]:
+    """Rules 1-3 except key equality: event_ts <= t [, >= t - ttl] [, known at t]."""
+    ts = exp.column(view.timestamp, h, quoted=True)
+    cond: list[exp.Expression] = [exp.LTE(this=ts, expression=t.copy())]
+    if apply_ttl and view.ttl is not None:
+        cond.append(
+            exp.GTE(this=ts.copy(), expression=exp.Sub(this=t.copy(), expression=_interval(view.ttl)))
+        )
+    if view.created is not None and mode == "known-at":
+        cond.append(_known(view, h, t))
+    return cond
+
+
+def _known(view: PitView, h: str, t: exp.Expression) -> exp.Expression:
+    assert view.created is not None
+    created = exp.column(view.created, h, quoted=True)
+    return exp.paren(
+        exp.or_(
+            exp.LTE(this=created, expression=t.copy()),
+            exp.Is(this=created.copy(), expression=exp.Null()),
+            copy=False,
+        )
+    )
+
+
+def _tie_order(
+    view: PitView,
+    h: str,
+    caps: Capabilities,
+    *,
+    with_timestamp: bool,
+) -> list[exp.Ordered]:
+    """The rule-4 order (see the module docstring). The one definition every plan uses."""
+    order: list[exp.Ordered] = []
+    if with_timestamp:
+        ts = exp.column(view.timestamp, h, quoted=True)
+        # never NULL among candidates, so the dialect's default NULL placement: on PostgreSQL that
+        # is DESC NULLS FIRST, the order a backward scan of the (keys, event_ts) index yields
+        order.append(natural_order(ts, caps, desc=True))
+    if view.created is not None:
+        order.append(exp.Ordered(this=exp.column(view.created, h, quoted=True), desc=True, nulls_first=False))
+    skip = {*view.keys, view.timestamp, view.created}
+    for name, dtype in _value_columns(view):
+        if name not in skip:
+            order += value_sort_keys(exp.column(name, h, quoted=True), dtype, caps)
+    return order
+
+
+def _value_columns(view: PitView) -> list[tuple[str, str | None]]:
+    cols = list(view.value_columns)
+    seen = {c for c, _ in cols}
+    for col, _ in view.features:
+        if col not in seen:
+            cols.append((col, None))
+            seen.add(col)
+    return cols
+
+
+def _value_names(view: PitView) -> list[str]:
+    return [c for c, _ in _value_columns(view)]
+
+
+def _interval(ttl: timedelta) -> exp.Interval:
+    """An exact duration: hours or seconds (a day is not always 24 hours in a local time zone)."""
+    micros = (ttl.days * 86_400 + ttl.seconds) * 1_000_000 + ttl.microseconds
+    if micros % 3_600_000_000 == 0:
+        value, unit = micros // 3_600_000_000, "HOUR"
+    elif micros % 1_000_000 == 0:
+        value, unit = micros // 1_000_000, "SECOND"
+    else:
+        value, unit = micros, "MICROSECOND"
+    return exp.Interval(this=exp.Literal.string(str(value)), unit=exp.Var(this=unit))
+
+
+def _first_per(
+    query: exp.Select,
+    partition: list[exp.Expression],
+    order: list[exp.Ordered],
+    out: list[str],
+    caps: Capabilities,
+    names: _Names,
+) -> exp.Select:
+    """Keep the first row per partition in ``order``: QUALIFY where available, else a subquery."""
+    if not order:
+        # everything is determined by the partition (no created, no value columns): any row will do
+        order = [exp.Ordered(this=exp.Literal.number(1))]
+    if caps.qualify:
+        return query.qualify(
+            exp.EQ(this=_row_number(partition, order), expression=exp.Literal.number(1)), copy=False
+        )
+    rn, z = names.fixed("rn"), names("z")
+    inner = query.select(exp.alias_(_row_number(partition, order), rn, quoted=True, copy=False), copy=False)
+    return (
+        exp.select(*(exp.column(c, z, quoted=True) for c in out), copy=False)
+        .from_(inner.subquery(exp.to_identifier(z, quoted=True), copy=False), copy=False)
+        .where(exp.EQ(this=exp.column(rn, z, quoted=True), expression=exp.Literal.number(1)), copy=False)
+    )
+
+
+def _row_number(partition: list[exp.Expression], order: list[exp.Ordered]) -> exp.Window:
+    return exp.Window(
+        this=exp.RowNumber(),
+        partition_by=[p.copy() for p in partition],
+        order=exp.Order(expressions=[o.copy() for o in order]),
+    )
+
+
+def _not_null(value: exp.Expression) -> exp.Expression:
+    return exp.Not(this=exp.Is(this=value, expression=exp.Null()))
+
+
+# --- validation --------------------------------------------------------------------------------
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in ("known-at", "event-time"):
+        raise CompileError(f"unknown PIT mode '{mode}'", hint="use 'known-at' or 'event-time'")
+
+
+def _check_spine(columns: list[str], timestamp: str, ordinal: str | None) -> None:
+    if not columns:
+        raise CompileError("the spine has no columns", hint="select entity keys and a timestamp in the spine")
+    _check_unique(columns, "spine")
+    if timestamp not in columns:
+        raise CompileError(
+            f"spine timestamp '{timestamp}' is not a spine column",
+            hint=f"spine columns: {', '.join(columns)}",
+        )
+    if ordinal is not None and ordinal not in columns:
+        raise CompileError(f"spine ordinal '{ordinal}' is not a spine column", hint="add it to spine_columns")
+    if ordinal is not None and ordinal == timestamp:
+        raise CompileError("the spine ordinal cannot be the spine timestamp", hint="add a row-number column")
+
+
+def _check_view(view: PitView) -> None:
+    where = f"view '{view.name}'"
+    if not view.keys:
+        raise CompileError(f"{where} has no entity keys", hint="declare the entity's keys")
+    spine_keys = view.spine_keys or view.keys
+    if len(spine_keys) != len(view.keys):
+        raise CompileError(
+            f"{where} has {len(view.keys)} key(s) but {len(spine_keys)} spine key(s) were given",
+            hint="match spine keys to view keys position by position",
+        )
+    if view.ttl is not None and view.ttl < timedelta(0):
+        raise CompileError(f"{where} has a negative TTL ({view.ttl})", hint="use a positive duration")
+    if not isinstance(view.relation, exp.Table | exp.Query | exp.Subquery):
+        raise CompileError(
+            f"{where}: the history must be a table or a query, got {type(view.relation).__name__}",
+            hint="pass exp.to_table(...) or a parsed SELECT",
+        )
+    _check_unique(list(view.keys), f"keys of {where}")
+
+
+def _check_outputs(spine_columns: list[str], views: Sequence[PitView]) -> None:
+    outputs = [out for v in views for _, out in v.features]
+    _check_unique(outputs, "training-set feature")
+    spine = {c.lower(): c for c in spine_columns}
+    for v in views:
+        for key in v.spine_keys or v.keys:
+            if key not in spine_columns:
+                raise CompileError(
+                    f"view '{v.name}' joins on spine column '{key}', which the spine does not have",
+                    hint=f"spine columns: {', '.join(spine_columns)}",
+                )
+        for _, out in v.features:
+            if out.lower() in spine:
+                raise CompileError(
+                    f"feature output '{out}' of view '{v.name}' collides with spine column '{spine[out.lower()]}'",
+                    hint="rename the spine column or name the feature '<view>__<feature>'",
+                )
+
+
+def _check_unique(names: list[str], what: str) -> None:
+    seen: dict[str, str] = {}
+    for name in names:
+        if name.lower() in seen:
+            raise CompileError(
+                f"duplicate {what} column '{name}'",
+                hint="column names must be unique (case-insensitively: engines fold case differently)",
+            )
+        seen[name.lower()] = name
+
+
+# --- tree helpers ------------------------------------------------------------------------------
+
+
+class _Names:
+    """Generated identifiers (``__fsql_*``) that never collide with user columns, case-insensitively.
+
+    ``fixed`` names are reused across CTEs (same role, same name); ``__call__`` names are unique.
+    """
+
+    def __init__(self, taken: Iterable[str]) -> None:
+        self._taken = {t.lower() for t in taken}
+        self._fixed: dict[str, str] = {}
+
+    def __call__(self, base: str) -> str:
+        name, n = f"__fsql_{base}", 1
+        while name.lower() in self._taken:
+            name, n = f"__fsql_{base}_{n}", n + 1
+        self._taken.add(name.lower())
+        return name
+
+    def fixed(self, base: str) -> str:
+        if base not in self._fixed:
+            self._fixed[base] = self(base)
+        return self._fixed[base]
+
+
+def _cte_or_table(relation: exp.Expression, name: str, ctes: list[exp.CTE]) -> exp.Expression:
+    """A table as is; a query becomes a CTE (referenced by name) so plans can read it twice."""
+    if isinstance(relation, exp.Table):
+        table = relation.copy()
+        table.set("alias", None)
+        return table
+    if isinstance(relation, exp.Subquery):
+        relation = relation.this
+    if not isinstance(relation, exp.Query):
+        raise CompileError(f"expected a table or a query, got {type(relation).__name__}")
+    ctes.append(_cte(name, relation.copy()))
+    return _table(name)
+
+
+def _cte(name: str, query: exp.Expression) -> exp.CTE:
+    return exp.CTE(this=query, alias=exp.TableAlias(this=exp.to_identifier(name, quoted=True)))
+
+
+def _table(name: str) -> exp.Table:
+    return exp.Table(this=exp.to_identifier(name, quoted=True))
+
+
+def _aliased(table: exp.Expression, alias: str) -> exp.Expression:
+    t = table.copy()
+    t.set("alias", exp.TableAlias(this=exp.to_identifier(alias, quoted=True)))
+    return t
+
+
+def _with(query: exp.Select, ctes: list[exp.CTE]) -> exp.Select:
+    if ctes:
+        query.set("with_", exp.With(expressions=ctes))
+    return query
+
+
+def _index_name(table: str) -> str:
+    """``<table>__fsql_pit``, shortened with a hash to PostgreSQL's 63-byte identifier limit."""
+    import hashlib
+
+    name = f"{table}__fsql_pit"
+    if len(name.encode()) <= 63:
+        return name
+    digest = hashlib.sha256(table.encode()).hexdigest()[:8]
+    return f"{table.encode()[:40].decode(errors='ignore')}_{digest}__fsql_pit"
