@@ -39,6 +39,7 @@ from fsql.errors import (
     FsqlError,
     MaterializationError,
     NotFoundError,
+    OnlineStoreError,
     did_you_mean,
 )
 from fsql.parsing.project import ParsedFile, ParsedProject, parse_project
@@ -525,7 +526,20 @@ class Service:
             + [pa.field(EVENT_TS, pa.timestamp("us", tz="UTC")), pa.field(CREATED, pa.timestamp("us", tz="UTC"))]
             + [pa.field(f, t) for f, t in zip(table.features, table.feature_types, strict=True)]
         )
+
+        def server() -> Any:
+            # Redis without persistence loses every key when it restarts, and the client reconnects
+            # transparently: a run that spans a restart must fail, not advance the watermark.
+            client = getattr(store, "client", None)
+            if client is None:
+                return None
+            try:
+                return client.info("server").get("run_id")
+            except Exception as e:
+                raise OnlineStoreError(f"cannot ask the online store for its server id: {e}") from e
+
         try:
+            instance = server()
             sql, params = self._latest_sql(view, window_start, end)
             for batch in engine.batches(sql, params, batch_size=batch_size):
                 batch = _online_batch(batch, view, schema)
@@ -533,6 +547,12 @@ class Service:
                 rows += batch.num_rows
                 if progress:
                     progress(view.name, batch.num_rows)
+            if server() != instance:
+                raise OnlineStoreError(
+                    "the online store's server restarted during the run, so rows written before the restart "
+                    "may be lost",
+                    hint="if it lost data written by earlier runs too, run `fsql materialize --full`",
+                )
         except FsqlError as e:
             registry.finish_run(run_id, rows=rows, outcome="failed", error=str(e))
             raise MaterializationError(
