@@ -169,7 +169,7 @@ def natural_order(value: exp.Expression, caps: Capabilities, *, desc: bool = Fal
         nulls_first = desc
     else:
         nulls_first = False
-    return exp.Ordered(this=value, desc=desc, nulls_first=nulls_first)
+    return exp.Ordered(this=value, desc=desc or None, nulls_first=nulls_first)
 
 
 def _pg_text_key(value: exp.Expression, collation: str) -> exp.Expression:
