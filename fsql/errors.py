@@ -37,7 +37,9 @@ class FsqlError(Exception):
         return f"{self.path}:{self.line}" if self.line is not None else self.path
 
     def __str__(self) -> str:
-        text = f"{self.location}: {self.message}" if self.location else self.message
+        # One line, always: messages from engines and sqlglot may carry newlines and caret diagrams.
+        message = " ".join(line.strip() for line in self.message.splitlines() if line.strip())
+        text = f"{self.location}: {message}" if self.location else message
         if self.hint:
             text += f"; {self.hint}"
         return text

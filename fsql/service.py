@@ -391,7 +391,8 @@ class Service:
             dialect=engine.dialect,
             mode="known-at",
         )
-        return definition, query.sql(dialect=engine.dialect)
+        return definition, to_dialect(query, engine.dialect, engine.dialect, path=parsed.path, line=parsed.line,
+                                      rewrite_asof=False)
 
     def _pit_query(self, spine: exp.Expression, spine_columns: Sequence[str], timestamp: str,
                    refs: Sequence[FeatureRef], views: dict[str, FeatureView], *, dialect: str, mode: PitMode,
@@ -443,10 +444,8 @@ class Service:
             names = [n for n, _ in set_file.projections]
         refs = expand_refs(set_file.feature_refs, views, set_file)
         query = self._pit_query(spine, names, set_file.timestamp, refs, views, dialect=dialect, mode=mode)
-        try:
-            return to_dialect(query, dialect, dialect, pretty=pretty, path=set_file.path, line=set_file.line)
-        except CompileError:
-            raise
+        return to_dialect(query, dialect, dialect, pretty=pretty, path=set_file.path, line=set_file.line,
+                          rewrite_asof=False)
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
         """Plain SQL over the generated views; unqualified names resolve to the warehouse schema."""

@@ -40,14 +40,21 @@ def resolve_names(query: exp.Query, names: set[str], relation_for: RelationFor) 
 
 
 def to_dialect(query: exp.Expression, source_dialect: str, target_dialect: str, *, pretty: bool = False,
-               path: str | None = None, line: int | None = None) -> str:
-    """Transpile, turning a rewrite we do not own or a sqlglot crash into a clear CompileError."""
-    from fsql.compiler.rewrites import rewrite_asof_joins
+               path: str | None = None, line: int | None = None, rewrite_asof: bool = True) -> str:
+    """Transpile a user query: ASOF joins rewritten for the target, named windows inlined, and a
+    construct sqlglot cannot express (or a sqlglot crash) turned into a located CompileError.
+
+    ``rewrite_asof=False`` is for trees the PIT compiler built for ``target_dialect`` already."""
+    from fsql.compiler.rewrites import generate, rewrite_asof_joins
 
     try:
-        tree = rewrite_asof_joins(query, target_dialect)
-        return tree.sql(dialect=target_dialect, pretty=pretty, unsupported_level="raise")
-    except CompileError:
+        tree = rewrite_asof_joins(query, target_dialect) if rewrite_asof else query
+        return generate(tree, target_dialect, pretty=pretty)
+    except CompileError as e:
+        if e.path is None:
+            e.path, e.line = path, line
+        if e.hint is None:
+            e.hint = f"rewrite the construct for {target_dialect}, or compile for another dialect"
         raise
     except (SqlglotError, AttributeError, TypeError, KeyError, ValueError) as e:
         raise CompileError(

@@ -175,8 +175,12 @@ def parse_file(file: Path, config: Config, renderer: Renderer) -> ParsedFile | N
     if not "".join(body).strip():
         raise FeatureFileError("the file has a header but no SELECT", path=shown, line=header.lines[kind],
                                hint="write the query below the header")
+    # The header is blanked rather than cut so sqlglot's line numbers stay the rendered file's, and
+    # header comments do not ride along on the query into generated SQL.
+    lines = rendered.splitlines()
+    sql_text = "\n" * (header.body_start - 1) + "\n".join(lines[header.body_start - 1 :])
     try:
-        statements = sqlglot.parse(rendered, read=dialect)
+        statements = sqlglot.parse(sql_text, read=dialect)
     except ParseError as e:
         detail = e.errors[0] if e.errors else {}
         line = mapping[min(max(int(detail.get("line") or 1) - 1, 0), len(mapping) - 1)]
