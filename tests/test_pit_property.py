@@ -36,7 +36,7 @@ from sqlglot import exp
 
 from fsql.compiler.pit import PitView, compile_pit, latest_per_entity
 
-EXAMPLES = 250
+EXAMPLES = 200
 PROFILE = settings(
     max_examples=EXAMPLES,
     derandomize=True,

@@ -46,6 +46,15 @@ class Capabilities:
     index_include: bool = False
     # the engine benefits from an index on (keys, event_ts) for the persisted history
     indexes: bool = False
+    # WITH x AS MATERIALIZED (...): the spine is numbered once and features are keyed by that number
+    # (cheaper than keying them by distinct (keys, t) and joining back on those)
+    materialized_cte: bool = False
+    # the window operator is slow on many one-row partitions (DuckDB: ~0.2 s per 100k probes), so the
+    # tie-break window only runs on probes with more than one row at the winning time
+    split_ties: bool = False
+    # the ASOF plan passes the spine rows themselves through the joins (see pit._asof_carry) instead
+    # of probing distinct points and joining back: faster on DuckDB, needs materialized_cte
+    asof_carry_spine: bool = False
     # plan for an unindexed history, and for a history persisted as a table with `offline_index`
     pit_plan: PitPlan = "timeline"
     pit_plan_indexed: PitPlan = "timeline"
@@ -61,6 +70,9 @@ _CAPABILITIES: dict[str, Capabilities] = {
             lateral=True,
             qualify=True,
             distinct_on=True,
+            materialized_cte=True,
+            split_ties=True,
+            asof_carry_spine=True,
             pit_plan="asof",
             pit_plan_indexed="asof",
         ),
@@ -72,6 +84,7 @@ _CAPABILITIES: dict[str, Capabilities] = {
             lateral=True,
             distinct_on=True,
             byte_collation="C",
+            materialized_cte=True,
             index_include=True,
             indexes=True,
             pit_plan="timeline",

@@ -61,7 +61,7 @@ the SDK passes an explicit ordinal for DataFrame spines.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -129,21 +129,41 @@ def compile_pit(
         taken.update([*v.keys, v.timestamp, *([v.created] if v.created else []), *_value_names(v)])
     names = _Names(taken)
 
-    ctes: list[exp.CTE] = []
-    spine_src = _cte_or_table(spine, names("spine"), ctes)
-    s = names("s")
-    ord_col = ordinal or names("ord")
-    spine_t = exp.column(spine_timestamp, s, quoted=True)
+    chosen = [_choose_plan(view, caps, plan) for view in views]
+    carried = [c == "asof" and caps.asof_carry_spine and caps.materialized_cte for c in chosen]
+    probed = [c != "lateral" and not k for c, k in zip(chosen, carried, strict=True)]
 
-    if ordinal is None:
-        numbered = exp.select(
-            *(exp.column(c, "sp", quoted=True) for c in spine_columns),
-            exp.alias_(exp.Window(this=exp.RowNumber()), ord_col, quoted=True, copy=False),
-            copy=False,
-        ).from_(_aliased(spine_src, "sp"), copy=False)
-        final_from: exp.Expression = numbered.subquery(exp.to_identifier(s, quoted=True), copy=False)
+    ctes: list[exp.CTE] = []
+    s, row_id = names("s"), names("ord")
+    source = _cte_or_table(spine, names("spine"), ctes)
+    numbered = exp.select(
+        *(exp.column(c, "sp", quoted=True) for c in spine_columns),
+        exp.alias_(exp.Window(this=exp.RowNumber()), row_id, quoted=True, copy=False),
+        copy=False,
+    ).from_(_aliased(source, "sp"), copy=False)
+    if caps.materialized_cte:
+        # numbered once (materialized when read more than once): features are keyed by the number
+        rows = names("rows")
+        readers = 1 + len({tuple(v.spine_keys or v.keys) for v, p in zip(views, probed, strict=True) if p})
+        ctes.append(_cte(rows, numbered, materialized=readers > 1))
+        probe_source: exp.Expression = _table(rows)
+        relation, columns = rows, [*spine_columns, row_id]
+        for view, carry in zip(views, carried, strict=True):
+            if carry:
+                hist = _cte_or_table(view.relation, names("v"), ctes)
+                relation = _asof_carry(
+                    view, hist, relation, columns, row_id, view.spine_keys or view.keys, spine_timestamp,
+                    ctes, caps, mode, names,
+                )  # fmt: skip
+                columns = [*columns, *(out for _, out in view.features)]
+        final_from = _aliased(_table(relation), s)
+    elif ordinal is None:
+        final_from = numbered.subquery(exp.to_identifier(s, quoted=True), copy=False)
+        probe_source = source
     else:
-        final_from = _aliased(spine_src, s)
+        final_from = _aliased(source, s)
+        probe_source = source
+    order_col = ordinal if ordinal is not None else row_id
 
     out_cols: list[exp.Expression] = [
         exp.alias_(exp.column(c, s, quoted=True), c, quoted=True, copy=False)
@@ -151,13 +171,18 @@ def compile_pit(
         if c != ordinal
     ]
     joins: list[exp.Join] = []
-    probes: dict[tuple[str, ...], str] = {}
+    probes: dict[tuple[str, ...], _Probe] = {}
 
     for i, view in enumerate(views):
-        chosen = _choose_plan(view, caps, plan)
-        spine_keys = view.spine_keys or view.keys
+        spine_keys = list(view.spine_keys or view.keys)
+        if carried[i]:
+            out_cols += [
+                exp.alias_(exp.column(out, s, quoted=True), out, quoted=True, copy=False)
+                for _, out in view.features
+            ]
+            continue
         hist = _cte_or_table(view.relation, names(f"v{i}"), ctes)
-        if chosen == "lateral":
+        if chosen[i] == "lateral":
             alias = names(f"l{i}")
             joins.append(_lateral_join(view, hist, alias, s, spine_keys, spine_timestamp, caps, mode, names))
             out_cols += [
@@ -166,30 +191,33 @@ def compile_pit(
             ]
             continue
 
-        # probe points: distinct (spine keys, t) with no NULL, shared by views on the same spine keys
-        probe_key = tuple(spine_keys)
-        if probe_key not in probes:
-            probes[probe_key] = names(f"p{len(probes)}")
-            ctes.append(_cte(probes[probe_key], _probe_points(spine_src, spine_keys, spine_timestamp, names)))
-        p = probes[probe_key]
-        k_names = [names.fixed(f"k{j}") for j in range(len(spine_keys))]
-        t_name = names.fixed("t")
+        if tuple(spine_keys) not in probes:
+            probe = _Probe(
+                name=names(f"p{len(probes)}"),
+                keys=[names.fixed(f"k{j}") for j in range(len(spine_keys))],
+                t=names.fixed("t"),
+                row_id=row_id if caps.materialized_cte else None,
+                spine_keys=spine_keys,
+                spine_t=spine_timestamp,
+            )
+            probes[tuple(spine_keys)] = probe
+            ctes.append(_cte(probe.name, _probe_points(probe, probe_source)))
+        probe = probes[tuple(spine_keys)]
 
         f = names(f"f{i}")
-        if chosen == "range":
-            ctes.append(_cte(f, _range_fetch(view, hist, p, k_names, t_name, caps, mode, names)))
+        if chosen[i] == "range":
+            _range_fetch(view, hist, probe, f, ctes, caps, mode, names)
         else:
             m = names(f"m{i}")
-            if chosen == "asof":
-                ctes.append(_cte(m, _asof_match(view, hist, p, k_names, t_name, caps, mode, names)))
+            if chosen[i] == "asof":
+                ctes.append(_cte(m, _asof_match(view, hist, probe, caps, mode, names)))
             else:
-                ctes.append(_cte(m, _timeline_match(view, hist, p, k_names, t_name, caps, mode, names)))
-            ctes.append(_cte(f, _fetch(view, hist, m, k_names, t_name, caps, mode, names)))
+                ctes.append(_cte(m, _timeline_match(view, hist, probe, caps, mode, names)))
+            _fetch(view, hist, probe, m, f, ctes, caps, mode, names)
         on = [
-            exp.EQ(this=exp.column(k, f, quoted=True), expression=exp.column(sk, s, quoted=True))
-            for k, sk in zip(k_names, spine_keys, strict=True)
+            exp.EQ(this=exp.column(c, f, quoted=True), expression=exp.column(sc, s, quoted=True))
+            for c, sc in zip(probe.ids, probe.spine_ids, strict=True)
         ]
-        on.append(exp.EQ(this=exp.column(t_name, f, quoted=True), expression=spine_t.copy()))
         joins.append(exp.Join(this=_table(f), side="LEFT", on=exp.and_(*on, copy=False)))
         out_cols += [
             exp.alias_(exp.column(out, f, quoted=True), out, quoted=True, copy=False)
@@ -199,7 +227,7 @@ def compile_pit(
     query = exp.Select(expressions=out_cols).from_(final_from, copy=False)
     for join in joins:
         query = query.join(join, copy=False)
-    query = query.order_by(natural_order(exp.column(ord_col, s, quoted=True), caps), copy=False)
+    query = query.order_by(natural_order(exp.column(order_col, s, quoted=True), caps), copy=False)
     return _with(query, ctes)
 
 
@@ -239,7 +267,7 @@ def latest_per_entity(
         exp.alias_(exp.column(c, h, quoted=True), out, quoted=True, copy=False) for c, out in view.features
     ]
     partition = [exp.column(k, h, quoted=True) for k in view.keys]
-    order = _tie_order(view, h, caps, with_timestamp=True)
+    order = _tie_order(view, _qualified(h), caps, with_timestamp=True)
 
     base = (
         exp.select(*cols, copy=False)
@@ -307,6 +335,36 @@ def offline_index(view: PitView, table: exp.Table, dialect: str) -> exp.Expressi
 # --- plans -------------------------------------------------------------------------------------
 
 
+@dataclass
+class _Probe:
+    """The spine's probe points for views joined on the same spine keys.
+
+    With ``row_id`` (engines with MATERIALIZED CTEs) one probe per spine row, identified by the row
+    number of the materialized spine. Otherwise one per distinct (keys, t), identified by them: the
+    spine may then be evaluated more than once, and a row number would not be stable across
+    evaluations, while its own values are.
+    """
+
+    name: str
+    keys: list[str]  # generated key column names
+    t: str  # generated time column name
+    row_id: str | None
+    spine_keys: list[str]
+    spine_t: str
+
+    @property
+    def ids(self) -> list[str]:
+        return [self.row_id] if self.row_id else [*self.keys, self.t]
+
+    @property
+    def spine_ids(self) -> list[str]:
+        return [self.row_id] if self.row_id else [*self.spine_keys, self.spine_t]
+
+    @property
+    def columns(self) -> list[str]:
+        return [*([self.row_id] if self.row_id else []), *self.keys, self.t]
+
+
 def _choose_plan(view: PitView, caps: Capabilities, plan: PitPlan | Mapping[str, PitPlan] | None) -> PitPlan:
     chosen: PitPlan | None
     chosen = plan.get(view.name) if isinstance(plan, Mapping) else plan
@@ -321,25 +379,22 @@ def _choose_plan(view: PitView, caps: Capabilities, plan: PitPlan | Mapping[str,
     return chosen
 
 
-def _probe_points(
-    spine: exp.Expression, spine_keys: Sequence[str], spine_timestamp: str, names: _Names
-) -> exp.Select:
-    """Distinct (keys, t) of the spine without NULLs: a NULL key or t has no candidate (rules 1, 5)."""
+def _probe_points(probe: _Probe, source: exp.Expression) -> exp.Select:
+    """Probe points without NULLs: a NULL key or t has no candidate (rules 1 and 5)."""
     sp = "sp"
-    cols = [
-        exp.alias_(exp.column(k, sp, quoted=True), names.fixed(f"k{j}"), quoted=True, copy=False)
-        for j, k in enumerate(spine_keys)
+    cols: list[exp.Expression] = []
+    if probe.row_id:
+        cols.append(exp.column(probe.row_id, sp, quoted=True))
+    cols += [
+        exp.alias_(exp.column(k, sp, quoted=True), kn, quoted=True, copy=False)
+        for k, kn in zip(probe.spine_keys, probe.keys, strict=True)
     ]
-    cols.append(
-        exp.alias_(exp.column(spine_timestamp, sp, quoted=True), names.fixed("t"), quoted=True, copy=False)
-    )
-    cond = [_not_null(exp.column(c, sp, quoted=True)) for c in [*spine_keys, spine_timestamp]]
-    return (
-        exp.select(*cols, copy=False)
-        .distinct(copy=False)
-        .from_(_aliased(spine, sp), copy=False)
-        .where(exp.and_(*cond, copy=False), copy=False)
-    )
+    cols.append(exp.alias_(exp.column(probe.spine_t, sp, quoted=True), probe.t, quoted=True, copy=False))
+    cond = [_not_null(exp.column(c, sp, quoted=True)) for c in [*probe.spine_keys, probe.spine_t]]
+    query = exp.select(*cols, copy=False).from_(_aliased(source, sp), copy=False)
+    if not probe.row_id:
+        query = query.distinct(copy=False)
+    return query.where(exp.and_(*cond, copy=False), copy=False)
 
 
 def _match_time(view: PitView, h: str, mode: PitMode) -> exp.Expression:
@@ -354,23 +409,27 @@ def _match_time(view: PitView, h: str, mode: PitMode) -> exp.Expression:
     return exp.Case(ifs=[exp.If(this=later, true=created.copy())], default=ts.copy())
 
 
-def _asof_match(
+def _asof_join(
     view: PitView,
     hist: exp.Expression,
-    p: str,
-    k_names: list[str],
-    t_name: str,
+    left: str,
+    left_keys: Sequence[str],
+    left_t: str,
+    key_names: list[str],
     caps: Capabilities,
     mode: PitMode,
     names: _Names,
-) -> exp.Select:
-    """(probe keys, t, winning event_ts) for probe points with a candidate, via native ASOF."""
+    *,
+    outer: bool,
+) -> tuple[exp.Join, exp.Column]:
+    """The native ASOF join from relation ``left`` to the view's match times, and the column
+    holding the winning event_ts (NULL when there is no candidate, for an outer join)."""
     h, a = names("h"), names("a")
     best = names.fixed("best")
     match = names.fixed("match")
     keys = [
         exp.alias_(exp.column(k, h, quoted=True), kn, quoted=True, copy=False)
-        for k, kn in zip(view.keys, k_names, strict=True)
+        for k, kn in zip(view.keys, key_names, strict=True)
     ]
     ts = exp.column(view.timestamp, h, quoted=True)
     inner = (
@@ -380,11 +439,8 @@ def _asof_match(
     )
     if view.created is None or mode == "event-time":
         # ASOF picks any row among equal event times: only the time is taken from it
-        matcher = inner.select(
-            exp.alias_(ts.copy(), match, quoted=True, copy=False),
-            exp.alias_(ts.copy(), best, quoted=True, copy=False),
-            copy=False,
-        )
+        matcher = inner.select(exp.alias_(ts.copy(), match, quoted=True, copy=False), copy=False)
+        best_from = match
     else:
         # running MAX(event_ts) in eligible-at order: the greatest event_ts known at each instant.
         # RANGE frame so rows with equal eligible-at times share one value (ASOF may pick any).
@@ -397,43 +453,51 @@ def _asof_match(
         frame = exp.WindowSpec(kind="RANGE", start="UNBOUNDED", start_side="PRECEDING", end="CURRENT ROW")
         running = exp.Window(
             this=exp.Max(this=exp.column(best, x, quoted=True)),
-            partition_by=[exp.column(kn, x, quoted=True) for kn in k_names],
+            partition_by=[exp.column(kn, x, quoted=True) for kn in key_names],
             order=exp.Order(expressions=[natural_order(exp.column(match, x, quoted=True), caps)]),
             spec=frame,
         )
         matcher = exp.select(
-            *(exp.column(kn, x, quoted=True) for kn in k_names),
+            *(exp.column(kn, x, quoted=True) for kn in key_names),
             exp.column(match, x, quoted=True),
             exp.alias_(running, best, quoted=True, copy=False),
             copy=False,
         ).from_(inner.subquery(exp.to_identifier(x, quoted=True), copy=False), copy=False)
+        best_from = best
 
-    equal = exp.and_(
-        *(
-            exp.EQ(this=exp.column(kn, p, quoted=True), expression=exp.column(kn, a, quoted=True))
-            for kn in k_names
-        ),
-        copy=False,
+    equal = [
+        exp.EQ(this=exp.column(lk, left, quoted=True), expression=exp.column(kn, a, quoted=True))
+        for lk, kn in zip(left_keys, key_names, strict=True)
+    ]
+    reached = exp.GTE(
+        this=exp.column(left_t, left, quoted=True), expression=exp.column(match, a, quoted=True)
     )
-    reached = exp.GTE(this=exp.column(t_name, p, quoted=True), expression=exp.column(match, a, quoted=True))
+    right = matcher.subquery(exp.to_identifier(a, quoted=True), copy=False)
+    side = "LEFT" if outer else None
     if caps.asof == "match_condition":
         join = exp.Join(
-            this=matcher.subquery(exp.to_identifier(a, quoted=True), copy=False),
-            method="ASOF",
-            match_condition=reached,
-            on=equal,
+            this=right, method="ASOF", side=side, match_condition=reached, on=exp.and_(*equal, copy=False)
         )
     else:
-        join = exp.Join(
-            this=matcher.subquery(exp.to_identifier(a, quoted=True), copy=False),
-            method="ASOF",
-            on=exp.and_(equal, reached, copy=False),
-        )
+        join = exp.Join(this=right, method="ASOF", side=side, on=exp.and_(*equal, reached, copy=False))
+    return join, exp.column(best_from, a, quoted=True)
+
+
+def _asof_match(
+    view: PitView,
+    hist: exp.Expression,
+    probe: _Probe,
+    caps: Capabilities,
+    mode: PitMode,
+    names: _Names,
+) -> exp.Select:
+    """(probe columns, winning event_ts) for probe points with a candidate, via native ASOF."""
+    p = probe.name
+    join, best = _asof_join(view, hist, p, probe.keys, probe.t, probe.keys, caps, mode, names, outer=False)
     return (
         exp.select(
-            *(exp.column(kn, p, quoted=True) for kn in k_names),
-            exp.column(t_name, p, quoted=True),
-            exp.column(best, a, quoted=True),
+            *(exp.column(c, p, quoted=True) for c in probe.columns),
+            exp.alias_(best, names.fixed("best"), quoted=True, copy=False),
             copy=False,
         )
         .from_(_table(p), copy=False)
@@ -441,32 +505,95 @@ def _asof_match(
     )
 
 
+def _asof_carry(
+    view: PitView,
+    hist: exp.Expression,
+    prev: str,
+    prev_columns: list[str],
+    row_id: str,
+    spine_keys: Sequence[str],
+    spine_timestamp: str,
+    ctes: list[exp.CTE],
+    caps: Capabilities,
+    mode: PitMode,
+    names: _Names,
+) -> str:
+    """Add one view's features to relation ``prev`` (spine columns, row id, earlier features).
+
+    The DuckDB shape of the ASOF plan (``asof_carry_spine``): the spine rows themselves flow
+    through ASOF LEFT JOIN (winning event_ts), LEFT JOIN on (keys, event_ts) (features, TTL and
+    known-at checks in ON so spine rows are kept), and the split tie-break; no probe relation and
+    no join back. Measured 15-30% faster than the probe shape on deep histories (bench/pit.py).
+    Returns the name of the CTE holding ``prev_columns`` + this view's outputs.
+    """
+    m, h = names("m"), names("h")
+    best = names.fixed("best")
+    key_names = [names.fixed(f"k{j}") for j in range(len(view.keys))]
+    join, best_col = _asof_join(
+        view, hist, prev, spine_keys, spine_timestamp, key_names, caps, mode, names, outer=True
+    )
+    matched = (
+        exp.select(
+            *(exp.column(c, prev, quoted=True) for c in prev_columns),
+            exp.alias_(best_col, best, quoted=True, copy=False),
+            copy=False,
+        )
+        .from_(_table(prev), copy=False)
+        .join(join, copy=False)
+    )
+    ctes.append(_cte(m, matched))
+    t = exp.column(spine_timestamp, m, quoted=True)
+    on = [
+        exp.EQ(this=exp.column(k, h, quoted=True), expression=exp.column(sk, m, quoted=True))
+        for k, sk in zip(view.keys, spine_keys, strict=True)
+    ]
+    on.append(
+        exp.EQ(this=exp.column(view.timestamp, h, quoted=True), expression=exp.column(best, m, quoted=True))
+    )
+    if view.ttl is not None:
+        on.append(
+            exp.GTE(
+                this=exp.column(best, m, quoted=True),
+                expression=exp.Sub(this=t.copy(), expression=_interval(view.ttl)),
+            )
+        )
+    if view.created is not None and mode == "known-at":
+        on.append(_known(view, h, t))
+    query = exp.select(*(exp.column(c, m, quoted=True) for c in prev_columns), copy=False)
+    query = query.from_(_table(m), copy=False).join(
+        _aliased(hist, h), on=exp.and_(*on, copy=False), join_type="LEFT", copy=False
+    )
+    out = names("r")
+    _first_per(view, query, h, [row_id], out, ctes, caps, names, with_timestamp=False, carry=prev_columns)
+    return out
+
+
 def _timeline_match(
     view: PitView,
     hist: exp.Expression,
-    p: str,
-    k_names: list[str],
-    t_name: str,
+    probe: _Probe,
     caps: Capabilities,
     mode: PitMode,
     names: _Names,
 ) -> exp.Select:
-    """(probe keys, t, winning event_ts) via a running MAX over a UNION ALL timeline.
+    """(probe columns, winning event_ts) via a running MAX over a UNION ALL timeline.
 
     View rows enter at their match time carrying their event_ts, probe points at t carrying NULL;
     at equal times view rows sort first (kind 0) because ``event_ts <= t`` includes equality. The
     running MAX at a probe point is the greatest event_ts among rows known by t: the winner's time.
     """
-    h, x = names("h"), names("x")
+    h, x, y, p = names("h"), names("x"), names("y"), probe.name
     best, kind = names.fixed("best"), names.fixed("kind")
     ts = exp.column(view.timestamp, h, quoted=True)
+    pad = [exp.alias_(exp.Null(), probe.row_id, quoted=True, copy=False)] if probe.row_id else []
     view_rows = (
         exp.select(
+            *pad,
             *(
                 exp.alias_(exp.column(k, h, quoted=True), kn, quoted=True, copy=False)
-                for k, kn in zip(view.keys, k_names, strict=True)
+                for k, kn in zip(view.keys, probe.keys, strict=True)
             ),
-            exp.alias_(_match_time(view, h, mode), t_name, quoted=True, copy=False),
+            exp.alias_(_match_time(view, h, mode), probe.t, quoted=True, copy=False),
             exp.alias_(exp.Literal.number(0), kind, quoted=True, copy=False),
             exp.alias_(ts.copy(), best, quoted=True, copy=False),
             copy=False,
@@ -475,8 +602,7 @@ def _timeline_match(
         .where(_not_null(ts.copy()), copy=False)
     )
     probe_rows = exp.select(
-        *(exp.column(kn, p, quoted=True) for kn in k_names),
-        exp.column(t_name, p, quoted=True),
+        *(exp.column(c, p, quoted=True) for c in probe.columns),
         exp.alias_(exp.Literal.number(1), kind, quoted=True, copy=False),
         exp.alias_(exp.Null(), best, quoted=True, copy=False),
         copy=False,
@@ -485,25 +611,22 @@ def _timeline_match(
     frame = exp.WindowSpec(kind="ROWS", start="UNBOUNDED", start_side="PRECEDING", end="CURRENT ROW")
     running = exp.Window(
         this=exp.Max(this=exp.column(best, x, quoted=True)),
-        partition_by=[exp.column(kn, x, quoted=True) for kn in k_names],
+        partition_by=[exp.column(kn, x, quoted=True) for kn in probe.keys],
         order=exp.Order(
             expressions=[
-                natural_order(exp.column(t_name, x, quoted=True), caps),
+                natural_order(exp.column(probe.t, x, quoted=True), caps),
                 natural_order(exp.column(kind, x, quoted=True), caps),
             ]
         ),
         spec=frame,
     )
-    y = names("y")
     scanned = exp.select(
-        *(exp.column(kn, x, quoted=True) for kn in k_names),
-        exp.column(t_name, x, quoted=True),
-        exp.column(kind, x, quoted=True),
+        *(exp.column(c, x, quoted=True) for c in [*probe.columns, kind]),
         exp.alias_(running, best, quoted=True, copy=False),
         copy=False,
     ).from_(timeline.subquery(exp.to_identifier(x, quoted=True), copy=False), copy=False)
     return (
-        exp.select(*(exp.column(c, y, quoted=True) for c in [*k_names, t_name, best]), copy=False)
+        exp.select(*(exp.column(c, y, quoted=True) for c in [*probe.columns, best]), copy=False)
         .from_(scanned.subquery(exp.to_identifier(y, quoted=True), copy=False), copy=False)
         .where(
             exp.and_(
@@ -519,21 +642,23 @@ def _timeline_match(
 def _fetch(
     view: PitView,
     hist: exp.Expression,
+    probe: _Probe,
     m: str,
-    k_names: list[str],
-    t_name: str,
+    f: str,
+    ctes: list[exp.CTE],
     caps: Capabilities,
     mode: PitMode,
     names: _Names,
-) -> exp.Select:
-    """Features per probe point: rows at the winning (keys, event_ts) still candidates at t, the
-    first in the tie order. The winning time passed the TTL iff the TTL check on it passes."""
+) -> None:
+    """CTE ``f``: features per probe point. The rows at the winning (keys, event_ts) that are still
+    candidates at t, first in the tie order. The winning time passed the TTL iff every candidate
+    at it does, so the TTL is checked on it."""
     h = names("h")
     best = names.fixed("best")
-    t = exp.column(t_name, m, quoted=True)
+    t = exp.column(probe.t, m, quoted=True)
     on = [
         exp.EQ(this=exp.column(k, h, quoted=True), expression=exp.column(kn, m, quoted=True))
-        for k, kn in zip(view.keys, k_names, strict=True)
+        for k, kn in zip(view.keys, probe.keys, strict=True)
     ]
     on.append(
         exp.EQ(this=exp.column(view.timestamp, h, quoted=True), expression=exp.column(best, m, quoted=True))
@@ -548,56 +673,38 @@ def _fetch(
         )
     if view.created is not None and mode == "known-at":
         cond.append(_known(view, h, t))
-    cols = [exp.column(c, m, quoted=True) for c in [*k_names, t_name]]
-    cols += [
-        exp.alias_(exp.column(c, h, quoted=True), out, quoted=True, copy=False) for c, out in view.features
-    ]
-    partition = [exp.column(c, m, quoted=True) for c in [*k_names, t_name]]
-    order = _tie_order(view, h, caps, with_timestamp=False)
-    query = (
-        exp.select(*cols, copy=False)
-        .from_(_table(m), copy=False)
-        .join(_aliased(hist, h), on=exp.and_(*on, copy=False), copy=False)
+    query = exp.select(*(exp.column(c, m, quoted=True) for c in probe.ids), copy=False)
+    query = query.from_(_table(m), copy=False).join(
+        _aliased(hist, h), on=exp.and_(*on, copy=False), copy=False
     )
     if cond:
         query = query.where(exp.and_(*cond, copy=False), copy=False)
-    return _first_per(
-        query, partition, order, [*k_names, t_name, *(out for _, out in view.features)], caps, names
-    )
+    _first_per(view, query, h, probe.ids, f, ctes, caps, names, with_timestamp=False)
 
 
 def _range_fetch(
     view: PitView,
     hist: exp.Expression,
-    p: str,
-    k_names: list[str],
-    t_name: str,
+    probe: _Probe,
+    f: str,
+    ctes: list[exp.CTE],
     caps: Capabilities,
     mode: PitMode,
     names: _Names,
-) -> exp.Select:
-    """Features per probe point by a range join on keys and event_ts <= t, first in tie order."""
-    h = names("h")
-    t = exp.column(t_name, p, quoted=True)
+) -> None:
+    """CTE ``f``: features per probe point by a range join on keys and event_ts <= t."""
+    h, p = names("h"), probe.name
+    t = exp.column(probe.t, p, quoted=True)
     on = [
         exp.EQ(this=exp.column(k, h, quoted=True), expression=exp.column(kn, p, quoted=True))
-        for k, kn in zip(view.keys, k_names, strict=True)
+        for k, kn in zip(view.keys, probe.keys, strict=True)
     ]
     on += _candidate(view, h, t, mode, apply_ttl=True)
-    cols = [exp.column(c, p, quoted=True) for c in [*k_names, t_name]]
-    cols += [
-        exp.alias_(exp.column(c, h, quoted=True), out, quoted=True, copy=False) for c, out in view.features
-    ]
-    partition = [exp.column(c, p, quoted=True) for c in [*k_names, t_name]]
-    order = _tie_order(view, h, caps, with_timestamp=True)
-    query = (
-        exp.select(*cols, copy=False)
-        .from_(_table(p), copy=False)
-        .join(_aliased(hist, h), on=exp.and_(*on, copy=False), copy=False)
+    query = exp.select(*(exp.column(c, p, quoted=True) for c in probe.ids), copy=False)
+    query = query.from_(_table(p), copy=False).join(
+        _aliased(hist, h), on=exp.and_(*on, copy=False), copy=False
     )
-    return _first_per(
-        query, partition, order, [*k_names, t_name, *(out for _, out in view.features)], caps, names
-    )
+    _first_per(view, query, h, probe.ids, f, ctes, caps, names, with_timestamp=True)
 
 
 def _lateral_join(
@@ -619,7 +726,7 @@ def _lateral_join(
         for k, sk in zip(view.keys, spine_keys, strict=True)
     ]
     cond += _candidate(view, h, t, mode, apply_ttl=True)
-    order = _tie_order(view, h, caps, with_timestamp=True)
+    order = _tie_order(view, _qualified(h), caps, with_timestamp=True)
     sub = (
         exp.select(
             *(
@@ -637,6 +744,105 @@ def _lateral_join(
         this=sub.subquery(copy=False), alias=exp.TableAlias(this=exp.to_identifier(alias, quoted=True))
     )
     return exp.Join(this=lateral, side="LEFT", on=exp.true())
+
+
+def _first_per(
+    view: PitView,
+    query: exp.Select,
+    h: str,
+    ids: list[str],
+    f: str,
+    ctes: list[exp.CTE],
+    caps: Capabilities,
+    names: _Names,
+    *,
+    with_timestamp: bool,
+    carry: list[str] | None = None,
+) -> None:
+    """CTE ``f`` (carried columns, features): the first row per probe in the tie order.
+
+    ``query`` selects the ``carry`` columns (default: the probe ``ids``) and reads the view as
+    ``h``. Three spellings of the same thing: QUALIFY where available, a ROW_NUMBER subquery
+    otherwise, and on engines whose window operator is slow on many one-row partitions
+    (``split_ties``) the window only runs on probes that have more than one row.
+    """
+    carry = list(carry or ids)
+    outs = [out for _, out in view.features]
+    features = [
+        exp.alias_(exp.column(c, h, quoted=True), out, quoted=True, copy=False) for c, out in view.features
+    ]
+    if caps.split_ties and caps.materialized_cte and len(ids) == 1:
+        # carry the tie columns under generated names (a feature's output name may equal another
+        # view column's name), then rank only where a probe has several rows
+        order_cols = _tie_columns(view, with_timestamp)
+        carried = {c: names.fixed(f"c{j}") for j, c in enumerate(order_cols)}
+        j, d = names("j"), names("d")
+        rows = query.select(
+            *features,
+            *(
+                exp.alias_(exp.column(c, h, quoted=True), carried[c], quoted=True, copy=False)
+                for c in order_cols
+            ),
+            copy=False,
+        )
+        ctes.append(_cte(j, rows, materialized=True))
+        (id_col,) = ids
+        dupes = (
+            exp.select(exp.column(id_col, j, quoted=True), copy=False)
+            .from_(_table(j), copy=False)
+            .group_by(exp.column(id_col, j, quoted=True), copy=False)
+            .having(exp.GT(this=exp.Count(this=exp.Star()), expression=exp.Literal.number(1)), copy=False)
+        )
+        ctes.append(_cte(d, dupes))
+        in_d = exp.In(
+            this=exp.column(id_col, j, quoted=True),
+            query=exp.select(exp.column(id_col, d, quoted=True), copy=False)
+            .from_(_table(d), copy=False)
+            .subquery(copy=False),
+        )
+        plain = (
+            exp.select(*(exp.column(c, j, quoted=True) for c in [*carry, *outs]), copy=False)
+            .from_(_table(j), copy=False)
+            .where(exp.Not(this=in_d.copy()), copy=False)
+        )
+        tied = (
+            exp.select(*(exp.column(c, j, quoted=True) for c in [*carry, *outs]), copy=False)
+            .from_(_table(j), copy=False)
+            .where(in_d, copy=False)
+        )
+        order = _tie_order(view, lambda c: exp.column(carried[c], j, quoted=True), caps, with_timestamp)
+        tied = _keep_first(tied, [exp.column(id_col, j, quoted=True)], order, [*carry, *outs], caps, names)
+        ctes.append(_cte(f, exp.union(plain, tied, distinct=False, copy=False)))
+        return
+    partition = [e.copy() for e in query.expressions if e.alias_or_name in ids]  # the probe ids
+    query = query.select(*features, copy=False)
+    order = _tie_order(view, _qualified(h), caps, with_timestamp)
+    ctes.append(_cte(f, _keep_first(query, partition, order, [*carry, *outs], caps, names)))
+
+
+def _keep_first(
+    query: exp.Select,
+    partition: list[exp.Expression],
+    order: list[exp.Ordered],
+    out: list[str],
+    caps: Capabilities,
+    names: _Names,
+) -> exp.Select:
+    """Keep the first row per partition in ``order``: QUALIFY where available, else a subquery."""
+    if not order:
+        # no created and no value columns: rows of a partition are indistinguishable
+        order = [exp.Ordered(this=exp.Literal.number(1))]
+    if caps.qualify:
+        return query.qualify(
+            exp.EQ(this=_row_number(partition, order), expression=exp.Literal.number(1)), copy=False
+        )
+    rn, z = names.fixed("rn"), names("z")
+    inner = query.select(exp.alias_(_row_number(partition, order), rn, quoted=True, copy=False), copy=False)
+    return (
+        exp.select(*(exp.column(c, z, quoted=True) for c in out), copy=False)
+        .from_(inner.subquery(exp.to_identifier(z, quoted=True), copy=False), copy=False)
+        .where(exp.EQ(this=exp.column(rn, z, quoted=True), expression=exp.Literal.number(1)), copy=False)
+    )
 
 
 # --- rule helpers ------------------------------------------------------------------------------
@@ -671,25 +877,39 @@ def _known(view: PitView, h: str, t: exp.Expression) -> exp.Expression:
 
 def _tie_order(
     view: PitView,
-    h: str,
+    column: Callable[[str], exp.Expression],
     caps: Capabilities,
-    *,
     with_timestamp: bool,
 ) -> list[exp.Ordered]:
-    """The rule-4 order (see the module docstring). The one definition every plan uses."""
+    """The rule-4 order (see the module docstring). The one definition every plan uses.
+
+    ``column(name)`` gives the expression for a view column in the caller's scope.
+    """
     order: list[exp.Ordered] = []
-    if with_timestamp:
-        ts = exp.column(view.timestamp, h, quoted=True)
-        # never NULL among candidates, so the dialect's default NULL placement: on PostgreSQL that
-        # is DESC NULLS FIRST, the order a backward scan of the (keys, event_ts) index yields
-        order.append(natural_order(ts, caps, desc=True))
-    if view.created is not None:
-        order.append(exp.Ordered(this=exp.column(view.created, h, quoted=True), desc=True, nulls_first=False))
-    skip = {*view.keys, view.timestamp, view.created}
-    for name, dtype in _value_columns(view):
-        if name not in skip:
-            order += value_sort_keys(exp.column(name, h, quoted=True), dtype, caps)
+    for name in _tie_columns(view, with_timestamp):
+        if name == view.timestamp:
+            # never NULL among candidates, so the dialect's default NULL placement: on PostgreSQL
+            # that is DESC NULLS FIRST, the order a backward scan of the (keys, event_ts) index yields
+            order.append(natural_order(column(name), caps, desc=True))
+        elif name == view.created:
+            order.append(exp.Ordered(this=column(name), desc=True, nulls_first=False))  # NULL lowest
+        else:
+            order += value_sort_keys(column(name), dict(_value_columns(view)).get(name), caps)
     return order
+
+
+def _tie_columns(view: PitView, with_timestamp: bool) -> list[str]:
+    """The view columns of the tie order, in order."""
+    cols = [view.timestamp] if with_timestamp else []
+    if view.created is not None:
+        cols.append(view.created)
+    skip = {*view.keys, view.timestamp, view.created}
+    cols += [name for name, _ in _value_columns(view) if name not in skip]
+    return cols
+
+
+def _qualified(alias: str) -> Callable[[str], exp.Expression]:
+    return lambda name: exp.column(name, alias, quoted=True)
 
 
 def _value_columns(view: PitView) -> list[tuple[str, str | None]]:
@@ -716,31 +936,6 @@ def _interval(ttl: timedelta) -> exp.Interval:
     else:
         value, unit = micros, "MICROSECOND"
     return exp.Interval(this=exp.Literal.string(str(value)), unit=exp.Var(this=unit))
-
-
-def _first_per(
-    query: exp.Select,
-    partition: list[exp.Expression],
-    order: list[exp.Ordered],
-    out: list[str],
-    caps: Capabilities,
-    names: _Names,
-) -> exp.Select:
-    """Keep the first row per partition in ``order``: QUALIFY where available, else a subquery."""
-    if not order:
-        # everything is determined by the partition (no created, no value columns): any row will do
-        order = [exp.Ordered(this=exp.Literal.number(1))]
-    if caps.qualify:
-        return query.qualify(
-            exp.EQ(this=_row_number(partition, order), expression=exp.Literal.number(1)), copy=False
-        )
-    rn, z = names.fixed("rn"), names("z")
-    inner = query.select(exp.alias_(_row_number(partition, order), rn, quoted=True, copy=False), copy=False)
-    return (
-        exp.select(*(exp.column(c, z, quoted=True) for c in out), copy=False)
-        .from_(inner.subquery(exp.to_identifier(z, quoted=True), copy=False), copy=False)
-        .where(exp.EQ(this=exp.column(rn, z, quoted=True), expression=exp.Literal.number(1)), copy=False)
-    )
 
 
 def _row_number(partition: list[exp.Expression], order: list[exp.Ordered]) -> exp.Window:
@@ -868,8 +1063,11 @@ def _cte_or_table(relation: exp.Expression, name: str, ctes: list[exp.CTE]) -> e
     return _table(name)
 
 
-def _cte(name: str, query: exp.Expression) -> exp.CTE:
-    return exp.CTE(this=query, alias=exp.TableAlias(this=exp.to_identifier(name, quoted=True)))
+def _cte(name: str, query: exp.Expression, *, materialized: bool = False) -> exp.CTE:
+    cte = exp.CTE(this=query, alias=exp.TableAlias(this=exp.to_identifier(name, quoted=True)))
+    if materialized:
+        cte.set("materialized", True)
+    return cte
 
 
 def _table(name: str) -> exp.Table:
