@@ -68,10 +68,13 @@ class BuildResult:
     built: bool  # False when nothing changed
     views: list[str] = field(default_factory=list)
     training_sets: list[str] = field(default_factory=list)
+    reloaded: list[str] = field(default_factory=list)  # file sources copied into the warehouse again
 
     @property
     def summary(self) -> str:
         if not self.built:
+            if self.reloaded:
+                return f"definitions unchanged; reloaded changed source data: {', '.join(self.reloaded)}"
             return "nothing to do: the registry and warehouse already match the feature files"
         counts: dict[str, int] = {}
         for change in self.changes:
@@ -104,6 +107,10 @@ class Service:
         self._engine: Engine | None = None
         self._registry: Any = None
         self._online: Any = None
+        self._definitions_cache: tuple[float, dict[str, FeatureView], dict[str, TrainingSet]] | None = None
+        self._online_tables: dict[tuple[str, str], Any] = {}
+        # How stale the definitions behind online reads may be (seconds); see `definitions`.
+        self.online_definitions_max_age = 2.0
 
     @classmethod
     def open(cls, root: str | Path = ".", overrides: dict[str, dict[str, Any]] | None = None) -> Service:
@@ -191,7 +198,12 @@ class Service:
         for name in parsed.views:
             expected |= {name, f"{name}__latest"}
         existing = engine.list_relations(schema)
-        if not force and all(c.action == "unchanged" for c in changes) and expected <= set(existing):
+        self._definitions_cache = None
+        unchanged = all(c.action == "unchanged" for c in changes) and expected <= set(existing)
+        # Engines that copy file sources (PostgreSQL) must reload changed files even when no
+        # definition changed; reloading recreates the views, so it goes through the full build.
+        stale = engine.stale_sources(list(self.config.sources.values()))
+        if not force and unchanged and not stale:
             return BuildResult(changes, built=False, views=list(parsed.views), training_sets=list(parsed.training_sets))
 
         views: dict[str, FeatureView] = {}
@@ -203,6 +215,9 @@ class Service:
             loaded = engine.prepare_sources(list(self.config.sources.values()))
             for name in loaded:
                 say(f"loaded source {name} into the warehouse")
+            if unchanged and not force:
+                result = BuildResult(changes, built=False, views=list(parsed.views),
+                                     training_sets=list(parsed.training_sets), reloaded=loaded)
             removed = [c.name for c in changes if c.action == "removed"]
             for name in removed:
                 for relation in (f"{name}__latest", name):
@@ -236,7 +251,9 @@ class Service:
                 training_sets=sets,
             )
             tx.apply(project, compiled=compiled, lineage=lineage)
-        return BuildResult(changes, built=True, views=list(views), training_sets=list(sets))
+        if unchanged and not force:
+            return result
+        return BuildResult(changes, built=True, views=list(views), training_sets=list(sets), reloaded=loaded)
 
     def _drop_relation(self, name: str, kind: str | None) -> None:
         if kind is None:
@@ -406,10 +423,20 @@ class Service:
                                ordinal=ordinal)
 
     # Definitions as registered ---------------------------------------------------------------------
-    def definitions(self) -> tuple[dict[str, FeatureView], dict[str, TrainingSet]]:
-        """The registered definitions (the manifest), as the last successful build left them."""
+    def definitions(self, max_age: float = 0.0) -> tuple[dict[str, FeatureView], dict[str, TrainingSet]]:
+        """The registered definitions (the manifest), as the last successful build left them.
+
+        ``max_age`` lets the online read path reuse a recent read: reading the registry costs
+        milliseconds, ten times a Redis round trip. A build in this process invalidates the cache; a
+        build elsewhere becomes visible within ``max_age`` seconds.
+        """
+        cached = self._definitions_cache
+        if cached is not None and max_age > 0 and time.monotonic() - cached[0] <= max_age:
+            return cached[1], cached[2]
         snapshot = self.registry.snapshot()
-        return dict(snapshot.view_definitions), dict(snapshot.training_set_definitions)
+        views, sets = dict(snapshot.view_definitions), dict(snapshot.training_set_definitions)
+        self._definitions_cache = (time.monotonic(), views, sets)
+        return views, sets
 
     def freshness(self) -> dict[str, dict[str, datetime | None]]:
         """Per view (current version): when it was last materialized and its watermark."""
@@ -418,8 +445,8 @@ class Service:
             for record in self.registry.list_views()
         }
 
-    def require_built(self) -> tuple[dict[str, FeatureView], dict[str, TrainingSet]]:
-        views, sets = self.definitions()
+    def require_built(self, max_age: float = 0.0) -> tuple[dict[str, FeatureView], dict[str, TrainingSet]]:
+        views, sets = self.definitions(max_age)
         if not views:
             raise NotFoundError("the registry holds no feature views", hint="run `fsql build` first")
         return views, sets
@@ -468,7 +495,10 @@ class Service:
         from fsql.engines.base import arrow_type
         from fsql.online import OnlineTable
 
-        return OnlineTable(
+        cached = self._online_tables.get((view.name, view.fingerprint))
+        if cached is not None:
+            return cached
+        table = self._online_tables[(view.name, view.fingerprint)] = OnlineTable(
             view=view.name,
             version=view.version,
             entity_keys=view.entity_keys,
@@ -476,6 +506,7 @@ class Service:
             feature_types=tuple(arrow_type(c.dtype) for c in view.features),
             ttl=view.ttl,
         )
+        return table
 
     def materialize(
         self,
@@ -610,7 +641,7 @@ class Service:
         """Online values for entities, with a per-feature status: present, missing or stale."""
         import polars as pl
 
-        views, sets = self.require_built()
+        views, sets = self.require_built(self.online_definitions_max_age)
         if isinstance(features, str):
             if features in sets:
                 refs = list(sets[features].features)

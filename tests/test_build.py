@@ -180,3 +180,20 @@ def _norm(value: object) -> object:
     if hasattr(value, "tzinfo") and getattr(value, "tzinfo", None) is not None:
         return value.replace(tzinfo=None)  # type: ignore[union-attr]
     return value
+
+
+def test_postgres_rebuild_reloads_changed_file_sources(project: Path, pg_schema: str) -> None:
+    import pyarrow.parquet as pq
+
+    pg = Service.open(project, {**_pg_overrides(pg_schema), "registry": {"url": "sqlite:///.fsql/registry-pg.db"}})
+    pg.build()
+    before = pg.query("SELECT count(*) AS n FROM customer_profile").to_pylist()[0]["n"]
+    path = project / "data" / "customers.parquet"
+    table = pq.read_table(path)
+    pq.write_table(table.slice(0, 100), path)
+    result = pg.build()
+    assert not result.built and result.reloaded == ["customers"]
+    assert "reloaded changed source data: customers" in result.summary
+    assert pg.query("SELECT count(*) AS n FROM customer_profile").to_pylist()[0]["n"] == 100 != before
+    assert pg.build().reloaded == []
+    pg.close()

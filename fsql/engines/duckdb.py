@@ -107,6 +107,9 @@ class DuckDBEngine:
             raise EngineError(f"source file for {', '.join(missing)} does not exist")
         return []
 
+    def stale_sources(self, sources: Sequence[SourceConfig]) -> list[str]:
+        return []  # DuckDB scans file sources in place: nothing is ever stale
+
     def register(self, name: str, data: pa.Table) -> exp.Table:
         self.con.register(name, data)
         return exp.table_(name, quoted=True)

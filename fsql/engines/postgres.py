@@ -121,31 +121,52 @@ class PostgresEngine:
             return exp.to_table(source.table, dialect="postgres")
         return exp.table_(self._source_table(source), db=self.schema, quoted=True)
 
+    def _source_files(self, source: SourceConfig) -> tuple[list[Path], str]:
+        assert source.path is not None
+        pattern = any(c in source.path for c in "*?[")
+        files = sorted(self.root.glob(source.path)) if pattern else [self.root / source.path]
+        files = [f for f in files if f.exists()]
+        if not files:
+            raise EngineError(f"source file for {source.name} does not exist: no file matches {source.path}")
+        signature = hashlib.sha256(
+            "|".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files).encode()
+        ).hexdigest()[:16]
+        return files, signature
+
+    def stale_sources(self, sources: Sequence[SourceConfig]) -> list[str]:
+        """File sources whose files changed since they were last loaded (or were never loaded)."""
+        notes = {
+            r["relname"]: r["note"]
+            for r in self.arrow(
+                "SELECT c.relname, obj_description(c.oid) AS note FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1",
+                [self.schema],
+            ).to_pylist()
+        }
+        stale = []
+        for source in sources:
+            if source.path:
+                _, signature = self._source_files(source)
+                if notes.get(self._source_table(source)) != f"fsql:{signature}":
+                    stale.append(source.name)
+        return stale
+
     def prepare_sources(self, sources: Sequence[SourceConfig]) -> list[str]:
-        """Load file sources that changed since the last load; returns the names loaded."""
+        """Load file sources that changed since the last load; returns the names loaded.
+
+        Reloading drops the table with CASCADE, which drops the views reading it: call this only in
+        a transaction that recreates every generated view afterwards (as a build does)."""
         import pyarrow.csv as pcsv
         import pyarrow.dataset as ds
 
-        loaded = []
         self.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+        stale = set(self.stale_sources(sources))
+        loaded = []
         for source in sources:
-            if not source.path:
+            if source.name not in stale:
                 continue
-            files = sorted(self.root.glob(source.path)) if any(c in source.path for c in "*?[") else [self.root / source.path]
-            files = [f for f in files if f.exists()]
-            if not files:
-                raise EngineError(f"source '{source.name}': no file matches {source.path}")
-            signature = hashlib.sha256(
-                "|".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files).encode()
-            ).hexdigest()[:16]
+            files, signature = self._source_files(source)
             table = self._source_table(source)
-            current = self.arrow(
-                "SELECT obj_description(c.oid) AS note FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE n.nspname = $1 AND c.relname = $2",
-                [self.schema, table],
-            ).to_pylist()
-            if current and current[0]["note"] == f"fsql:{signature}":
-                continue
             if source.format == "csv":
                 data = pa.concat_tables([pcsv.read_csv(f) for f in files])
             else:
