@@ -541,8 +541,13 @@ class Service:
         from fsql.online import CREATED, EVENT_TS
 
         registry, engine, store = self.registry, self.engine, self.online_store
+        table = self.online_table(view)
         watermark = registry.watermark(view.name, view.version)
         window_start = start if start is not None else (None if full else watermark)
+        if start is None and window_start is not None and not store.has_marker(table):
+            # The store lost this version's data since the last run (Redis restarted without
+            # persistence, a deleted file): an incremental run would leave holes, so recompute all.
+            window_start = None
         if window_start is not None and window_start >= end:
             return RunResult(view.name, view.version, window_start, end, 0, 0.0, "skipped")
         # A backfill of an old window must not move the watermark past rows it never looked at.
@@ -550,26 +555,16 @@ class Service:
         run_id = registry.start_run(view.name, view.version, window_start, end)
         began = time.perf_counter()
         rows = 0
-        table = self.online_table(view)
         schema = pa.schema(
             [pa.field(k, arrow_type_of(view, k)) for k in view.entity_keys]
             + [pa.field(EVENT_TS, pa.timestamp("us", tz="UTC")), pa.field(CREATED, pa.timestamp("us", tz="UTC"))]
             + [pa.field(f, t) for f, t in zip(table.features, table.feature_types, strict=True)]
         )
 
-        def server() -> Any:
+        try:
             # Redis without persistence loses every key when it restarts, and the client reconnects
             # transparently: a run that spans a restart must fail, not advance the watermark.
-            client = getattr(store, "client", None)
-            if client is None:
-                return None
-            try:
-                return client.info("server").get("run_id")
-            except Exception as e:
-                raise OnlineStoreError(f"cannot ask the online store for its server id: {e}") from e
-
-        try:
-            instance = server()
+            instance = store.instance_id()
             sql, params = self._latest_sql(view, window_start, end)
             for batch in engine.batches(sql, params, batch_size=batch_size):
                 batch = _online_batch(batch, view, schema)
@@ -577,7 +572,7 @@ class Service:
                 rows += batch.num_rows
                 if progress:
                     progress(view.name, batch.num_rows)
-            if server() != instance:
+            if store.instance_id() != instance:
                 raise OnlineStoreError(
                     "the online store's server restarted during the run, so rows written before the restart "
                     "may be lost",
@@ -593,6 +588,8 @@ class Service:
             registry.finish_run(run_id, rows=rows, outcome="failed", error=f"{type(e).__name__}: {e}")
             raise
         duration = time.perf_counter() - began
+        if advances:
+            store.set_marker(table)
         registry.finish_run(run_id, rows=rows, outcome="success", watermark=end if advances else None)
         return RunResult(view.name, view.version, window_start, end, rows, duration, "success")
 

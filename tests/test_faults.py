@@ -174,7 +174,7 @@ def test_redis_killed_mid_run_fails_cleanly_and_a_rerun_converges(
         [rerun] = service.materialize(end=T1, batch_size=5_000)
         assert (rerun.outcome, rerun.start, rerun.rows) == ("success", None, CUSTOMERS)
         assert watermark(service) == T1
-        assert private_redis.keys() == CUSTOMERS
+        assert private_redis.keys() == CUSTOMERS + 1  # the entities and the keyspace marker
         assert_no_skew(service, ids, T1)
     finally:
         project.close()
@@ -233,6 +233,31 @@ def test_redis_killed_during_an_incremental_run_keeps_the_old_watermark(
         assert (rerun.outcome, rerun.rows) == ("success", CUSTOMERS)
         assert watermark(service) == T2
         assert_no_skew(service, ids, T2)
+    finally:
+        project.close()
+
+
+def test_redis_restart_between_runs_makes_the_next_incremental_run_full(
+    tmp_path: Path, private_redis: PrivateRedis
+) -> None:
+    """Redis without persistence forgets everything on restart; the watermark alone would then leave
+    every entity without a newer row missing. The keyspace marker turns the next run into a full one."""
+    project = redis_project(tmp_path, private_redis)
+    try:
+        ids = list(range(1, 2_001))
+        project.write(history(len(ids), per_customer=1))
+        service = project.service()
+        project.build(service)
+        service.materialize(end=T1)
+        private_redis.kill()
+        private_redis.start()
+        assert private_redis.keys() == 0
+        [rerun] = service.materialize(end=T2)  # no new rows in (T1, T2]: incremental would write nothing
+        assert rerun.start is None and rerun.rows == len(ids)
+        assert watermark(service) == T2
+        assert_no_skew(service, ids, T2)
+        [again] = service.materialize(end=T2 + timedelta(seconds=1))
+        assert again.start == T2 and again.rows == 0  # back to incremental
     finally:
         project.close()
 

@@ -78,4 +78,16 @@ class OnlineStore(Protocol):
         """Delete every row of this view version (other versions are untouched)."""
         ...
 
+    def instance_id(self) -> str | None:
+        """An id that changes when the store restarts and may have lost data; None if it cannot."""
+        ...
+
+    def has_marker(self, table: OnlineTable) -> bool:
+        """Whether ``set_marker`` was called for this version since the store last lost its data."""
+        ...
+
+    def set_marker(self, table: OnlineTable) -> None:
+        """Record that a run completed into this version's keyspace."""
+        ...
+
     def close(self) -> None: ...

@@ -209,9 +209,34 @@ class RedisOnlineStore:
             out.append(rows)
         return out
 
+    def instance_id(self) -> str | None:
+        """The server's run id: it changes when Redis restarts (and, without persistence, forgets)."""
+        try:
+            return str(self.client.info("server").get("run_id"))
+        except RedisError as exc:
+            raise self._fail("asking for its run id", exc) from exc
+
+    def _marker(self, table: OnlineTable) -> str:
+        # The namespace without its trailing ':' can never be an entity key, which always has it.
+        return namespace(self.prefix, table).rstrip(":")
+
+    def has_marker(self, table: OnlineTable) -> bool:
+        """Whether a run completed into this keyspace since the server last lost its data."""
+        try:
+            return bool(self.client.exists(self._marker(table)))
+        except RedisError as exc:
+            raise self._fail("checking the marker", exc) from exc
+
+    def set_marker(self, table: OnlineTable) -> None:
+        try:
+            self.client.set(self._marker(table), b"1")
+        except RedisError as exc:
+            raise self._fail("setting the marker", exc) from exc
+
     def drop(self, table: OnlineTable) -> None:
         pattern = _glob_escape(namespace(self.prefix, table)) + "*"
         try:
+            self.client.unlink(self._marker(table))
             batch: list[bytes] = []
             for key in self.client.scan_iter(match=pattern, count=1000):
                 batch.append(key)

@@ -227,6 +227,20 @@ class SqliteOnlineStore:
                 )
         return rows
 
+    def instance_id(self) -> str | None:
+        return None  # a file does not lose data behind the store's back
+
+    def has_marker(self, table: OnlineTable) -> bool:
+        """Whether this version's table exists (deleting the file or table must force a full run)."""
+        name = namespace(self.prefix, table).rstrip(":")
+        with self._lock, self._errors("checking the marker"):
+            row = self._con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+        return row is not None
+
+    def set_marker(self, table: OnlineTable) -> None:
+        with self._lock, self._errors("setting the marker"):
+            self._con.execute(_CREATE.format(t=self._table(table)))
+
     def drop(self, table: OnlineTable) -> None:
         name = self._table(table)
         with self._lock, self._errors(f"dropping {table.view} (version {table.version})"):
