@@ -67,7 +67,14 @@ from datetime import timedelta
 
 from sqlglot import exp
 
-from fsql.compiler.dialects import Capabilities, PitPlan, capabilities, natural_order, value_sort_keys
+from fsql.compiler.dialects import (
+    Capabilities,
+    PitPlan,
+    capabilities,
+    is_text_type,
+    natural_order,
+    value_sort_keys,
+)
 from fsql.definitions import PitMode
 from fsql.errors import CompileError
 
@@ -300,11 +307,21 @@ def latest_per_entity(
 def offline_index(view: PitView, table: exp.Table, dialect: str) -> exp.Expression | None:
     """The CREATE INDEX that makes the indexed PIT plan fast for a history persisted as ``table``.
 
-    On PostgreSQL: ``(keys..., event_ts) INCLUDE (created, value columns...)``. The LATERAL probe is
-    an equality on the keys and a range on event_ts, scanned backward from t, so this key order
-    serves both the WHERE and the ORDER BY; the INCLUDE list lets the probe be an index-only scan
-    (after VACUUM). None for dialects that do not benefit from indexes (columnar engines).
-    After creating it, construct the PitView with ``indexed=True``.
+    On PostgreSQL the key is the whole tie order, as far as it can be an index key:
+    ``(keys..., event_ts, created NULLS FIRST, v1 NULLS FIRST, ...)`` and the other columns in
+    INCLUDE. The LATERAL probe is an equality on the keys and a range on event_ts, scanned
+    backward from t; a backward scan of ``x ASC NULLS FIRST`` yields ``x DESC NULLS LAST``, which is
+    the tie order, so the probe reads one index tuple and sorts nothing. Measured at 100k spine rows
+    and 2M events: 0.56-0.67 s, the same as a hand-written ``ORDER BY event_ts DESC LIMIT 1``,
+    against 0.76-0.84 s with an index on (keys, event_ts) only, where every probe runs an
+    Incremental Sort. Value columns join the key while their type is known and fixed-width: text
+    would make a long value fail the insert (a btree entry holds ~2.7 kB), and an unknown type
+    cannot be ordered without the guard key of ``value_sort_keys``. Those and the rest go to
+    INCLUDE, so the probe stays an index-only scan (after VACUUM); the tie order then falls back
+    to an Incremental Sort of the rows sharing the key prefix.
+
+    None for dialects that do not benefit from indexes (columnar engines). After creating it,
+    build the PitView with ``indexed=True``.
     """
     caps = capabilities(dialect)
     _check_view(view)
@@ -315,21 +332,41 @@ def offline_index(view: PitView, table: exp.Table, dialect: str) -> exp.Expressi
             f"offline_index for view '{view.name}' needs a table, got {type(table).__name__}",
             hint="persist the view's history as a table first",
         )
-    key_cols = [*view.keys, view.timestamp]
-    extra = [c for c in ([view.created] if view.created else []) + _value_names(view) if c not in key_cols]
-    extra = list(dict.fromkeys(extra))
-    columns = [exp.Ordered(this=exp.column(c, quoted=True), nulls_first=False) for c in key_cols]
-    include = [exp.to_identifier(c, quoted=True) for c in extra]
+    key = [
+        exp.Ordered(this=exp.column(c, quoted=True), nulls_first=False) for c in [*view.keys, view.timestamp]
+    ]
+    used = {*view.keys, view.timestamp}
+    types = dict(_value_columns(view))
+    order = [c for c in _tie_columns(view, with_timestamp=False) if c not in used]
+    open_prefix = True
+    rest: list[str] = []
+    for name in order:
+        dtype = types.get(name)
+        keyable = name == view.created or (is_text_type(dtype) is False and dtype is not None)
+        if open_prefix and keyable:
+            key.append(exp.Ordered(this=exp.column(name, quoted=True), nulls_first=True))
+        else:
+            open_prefix = False
+            rest.append(name)
+        used.add(name)
+    rest += [c for c in _value_names(view) if c not in used]
+    # PostgreSQL allows 32 columns per index, INCLUDE ones counted: beyond that the probe reads the heap
+    room = max(_MAX_INDEX_COLUMNS - len(key), 0)
+    include = [exp.to_identifier(c, quoted=True) for c in dict.fromkeys(rest)][:room]
     if not caps.index_include:
-        columns += [exp.Ordered(this=exp.column(c, quoted=True), nulls_first=False) for c in extra]
+        key += [exp.Ordered(this=exp.column(i.name, quoted=True), nulls_first=False) for i in include]
         include = []
-    index_name = _index_name(table.name)
-    params = exp.IndexParameters(columns=columns, include=include or None)
+    params = exp.IndexParameters(columns=key, include=include or None)
     return exp.Create(
-        this=exp.Index(this=exp.to_identifier(index_name, quoted=True), table=table.copy(), params=params),
+        this=exp.Index(
+            this=exp.to_identifier(_index_name(table.name), quoted=True), table=table.copy(), params=params
+        ),
         kind="INDEX",
         exists=True,
     )
+
+
+_MAX_INDEX_COLUMNS = 32
 
 
 # --- plans -------------------------------------------------------------------------------------
@@ -775,14 +812,15 @@ def _first_per(
         # carry the tie columns under generated names (a feature's output name may equal another
         # view column's name), then rank only where a probe has several rows
         order_cols = _tie_columns(view, with_timestamp)
-        carried = {c: names.fixed(f"c{j}") for j, c in enumerate(order_cols)}
+        selected: dict[str, str] = {}
+        for c, out in view.features:
+            selected.setdefault(c, out)
+        extra = [c for c in order_cols if c not in selected]
+        carried = {**selected, **{c: names.fixed(f"c{i}") for i, c in enumerate(extra)}}
         j, d = names("j"), names("d")
         rows = query.select(
             *features,
-            *(
-                exp.alias_(exp.column(c, h, quoted=True), carried[c], quoted=True, copy=False)
-                for c in order_cols
-            ),
+            *(exp.alias_(exp.column(c, h, quoted=True), carried[c], quoted=True, copy=False) for c in extra),
             copy=False,
         )
         ctes.append(_cte(j, rows, materialized=True))

@@ -1,0 +1,319 @@
+"""PIT compiler: validation errors, name collisions, edge cases, and the PostgreSQL index plan."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import duckdb
+import pytest
+import sqlglot
+from pit_reference import RefView, load_duckdb, load_postgres, pit_join, rows_mismatch
+from sqlglot import exp
+
+from fsql.compiler import (
+    SUPPORTED_DIALECTS,
+    PitView,
+    capabilities,
+    compile_pit,
+    latest_per_entity,
+    offline_index,
+)
+from fsql.compiler.pit import _interval
+from fsql.errors import CompileError
+
+T0 = datetime(2024, 1, 1)
+
+
+def view(**overrides: Any) -> PitView:
+    args: dict[str, Any] = {
+        "name": "v",
+        "relation": exp.to_table("hist"),
+        "keys": ("k",),
+        "timestamp": "ts",
+        "created": None,
+        "ttl": None,
+        "features": (("x", "x"),),
+    }
+    args.update(overrides)
+    return PitView(**args)
+
+
+def compile_(views: list[PitView] | None = None, **overrides: Any) -> exp.Query:
+    args: dict[str, Any] = {
+        "spine": exp.to_table("spine"),
+        "spine_columns": ["k", "t", "label"],
+        "spine_timestamp": "t",
+        "views": views if views is not None else [view()],
+        "dialect": "duckdb",
+    }
+    args.update(overrides)
+    return compile_pit(**args)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"dialect": "postgress"}, "not supported"),
+        ({"spine_timestamp": "when"}, "spine timestamp 'when'"),
+        ({"spine_columns": ["k", "t", "K"]}, "duplicate spine column"),
+        ({"views": [view(features=(("x", "label"),))]}, "collides with spine column"),
+        ({"views": [view(), view(name="w")]}, "duplicate training-set feature"),
+        ({"views": [view(keys=("k", "s"), spine_keys=("k",))]}, "2 key"),
+        ({"views": [view(spine_keys=("cust",))]}, "does not have"),
+        ({"views": [view(ttl=timedelta(hours=-1))]}, "negative TTL"),
+        ({"views": [view(keys=())]}, "no entity keys"),
+        ({"views": [view(relation=exp.column("nope"))]}, "table or a query"),
+        ({"mode": "as-of"}, "unknown PIT mode"),
+        ({"plan": "asof", "dialect": "postgres"}, "no ASOF"),
+        ({"plan": "lateral", "dialect": "bigquery"}, "no LATERAL"),
+        ({"ordinal": "row"}, "ordinal 'row'"),
+    ],
+)
+def test_compile_errors(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(CompileError, match=message):
+        compile_(**kwargs)
+
+
+def test_errors_say_what_to_do() -> None:
+    with pytest.raises(CompileError) as info:
+        compile_(views=[view(features=(("x", "label"),))])
+    assert info.value.hint and "rename" in info.value.hint
+
+
+def test_every_supported_dialect_compiles() -> None:
+    views = [
+        view(created="c", ttl=timedelta(days=3), value_columns=(("x", "DOUBLE"), ("y", "VARCHAR"))),
+        view(name="w", relation=exp.to_table("h2"), keys=("k",), features=(("y", "w_y"),), indexed=True),
+    ]
+    for dialect in SUPPORTED_DIALECTS:
+        sql = compile_(views, dialect=dialect).sql(dialect)
+        assert "ORDER BY" in sql
+        assert latest_per_entity(views[0], dialect=dialect).sql(dialect)
+        assert capabilities(dialect).name == dialect
+
+
+def test_interval_is_exact() -> None:
+    assert _interval(timedelta(days=30)).sql("postgres") == "INTERVAL '720 HOUR'"
+    assert _interval(timedelta(minutes=90)).sql("duckdb") == "INTERVAL '5400' SECOND"
+    assert _interval(timedelta(seconds=1, microseconds=5)).sql("duckdb") == "INTERVAL '1000005' MICROSECOND"
+
+
+def test_compile_is_pure() -> None:
+    spine = sqlglot.parse_one("SELECT k, t, label FROM s")
+    before = spine.sql()
+    v = view(relation=sqlglot.parse_one("SELECT * FROM h WHERE ts > DATE '2024-01-01'"))
+    first = compile_([v], spine=spine).sql("duckdb")
+    assert spine.sql() == before
+    assert compile_([v], spine=spine).sql("duckdb") == first
+
+
+# --- edge cases on live engines ------------------------------------------------------------------
+
+HIST_COLS = [("k", "BIGINT"), ("ts", "TIMESTAMP"), ("c", "TIMESTAMP"), ("x", "DOUBLE"), ("y", "VARCHAR")]
+SPINE_COLS = [("k", "BIGINT"), ("t", "TIMESTAMP"), ("label", "BIGINT")]
+
+
+def h(hours: float) -> datetime:
+    return T0 + timedelta(hours=hours)
+
+
+def run_both(
+    duck: duckdb.DuckDBPyConnection, pg: Any, tables: dict[str, tuple[list, list]], build: Any
+) -> list:
+    results = []
+    for engine, con, loader in (("duckdb", duck, load_duckdb), ("postgres", pg, load_postgres)):
+        for name, (cols, rows) in tables.items():
+            loader(con, name, cols, rows)
+        for dialect_plan in build(engine):
+            results.append((engine, dialect_plan[0], con.execute(dialect_plan[1]).fetchall()))
+    return results
+
+
+def plans_for(engine: str) -> list[str | None]:
+    return [None, "timeline", "range", "lateral"] + (["asof"] if engine == "duckdb" else [])
+
+
+@pytest.mark.parametrize("mode", ["known-at", "event-time"])
+def test_edge_cases(duck: duckdb.DuckDBPyConnection, pg: Any, mode: str) -> None:
+    hist = [
+        (1, h(1), None, 1.0, "a"),
+        (1, h(2), h(9), 2.0, "b"),  # late: unknown until 9h in known-at mode
+        (1, h(2), h(2), float("nan"), ""),  # same event time, known at once
+        (1, h(3), None, None, None),  # NULL values win and stay NULL
+        (1, None, None, 9.0, "never"),  # NULL event_ts never qualifies
+        (2, h(5), h(4), 5.0, "created before event"),
+        (None, h(1), None, 7.0, "NULL key"),
+    ]
+    spine = [
+        (1, h(0), 1),  # before any history
+        (1, h(2), 2),  # equality counts; in known-at the late row is not known yet
+        (1, h(2), 2),  # exact duplicate spine row
+        (1, h(4), 3),
+        (1, h(9), 4),
+        (2, h(5), 5),
+        (3, h(5), 6),  # no history
+        (None, h(5), 7),  # NULL key
+        (1, None, 8),  # NULL t
+    ]
+    v = view(
+        created="c", features=(("x", "x"), ("y", "y")), value_columns=(("x", "DOUBLE"), ("y", "VARCHAR"))
+    )
+    ref = RefView(
+        rows=[dict(zip([c for c, _ in HIST_COLS], r, strict=True)) for r in hist],
+        keys=("k",),
+        timestamp="ts",
+        created="c",
+        ttl=None,
+        features=v.features,
+        value_columns=("x", "y"),
+    )
+    want = pit_join(
+        [dict(zip(["k", "t", "label"], r, strict=True)) for r in spine], ["k", "t", "label"], "t", [ref], mode
+    )
+
+    def build(engine: str) -> list[tuple[str, str]]:
+        return [
+            (str(plan), compile_([v], dialect=engine, mode=mode, plan=plan).sql(engine))
+            for plan in plans_for(engine)
+        ]
+
+    for engine, plan, got in run_both(
+        duck, pg, {"hist": (HIST_COLS, hist), "spine": (SPINE_COLS, spine)}, build
+    ):
+        assert rows_mismatch(want, got) is None, (engine, plan, rows_mismatch(want, got))
+
+
+def test_empty_spine_and_empty_history(duck: duckdb.DuckDBPyConnection, pg: Any) -> None:
+    def build(engine: str) -> list[tuple[str, str]]:
+        return [(str(plan), compile_(dialect=engine, plan=plan).sql(engine)) for plan in plans_for(engine)]
+
+    for spine_rows, hist_rows, expected in (
+        ([], [(1, h(1), None, 1.0, "a")], []),
+        ([(1, h(1), 5)], [], [(1, h(1), 5, None)]),
+    ):
+        tables = {"hist": (HIST_COLS, hist_rows), "spine": (SPINE_COLS, spine_rows)}
+        for engine, plan, got in run_both(duck, pg, tables, build):
+            assert rows_mismatch(expected, got) is None, (engine, plan)
+
+
+def test_ordinal_orders_and_is_dropped(duck: duckdb.DuckDBPyConnection) -> None:
+    load_duckdb(duck, "hist", HIST_COLS, [(1, h(1), None, 1.0, "a")])
+    load_duckdb(
+        duck,
+        "spine",
+        [*SPINE_COLS, ("row", "BIGINT")],
+        [(1, h(2), 1, 30), (2, h(2), 2, 10), (1, h(0), 3, 20)],
+    )
+    for plan in plans_for("duckdb"):
+        sql = compile_(spine_columns=["k", "t", "label", "row"], ordinal="row", plan=plan).sql("duckdb")
+        assert duck.execute(sql).fetchall() == [(2, h(2), 2, None), (1, h(0), 3, None), (1, h(2), 1, 1.0)]
+        assert [d[0] for d in duck.execute(sql).description] == ["k", "t", "label", "x"]
+
+
+def test_generated_names_never_collide(duck: duckdb.DuckDBPyConnection, pg: Any) -> None:
+    """User columns named like every generated identifier still compile and give right answers."""
+    generated = ["__fsql_ord", "__fsql_s", "__fsql_best", "__fsql_t", "__fsql_k0", "__fsql_rows", "__fsql_c0"]
+    spine_cols = [("k", "BIGINT"), ("t", "TIMESTAMP"), *((g, "BIGINT") for g in generated)]
+    hist_cols = [("k", "BIGINT"), ("ts", "TIMESTAMP"), ("__fsql_match", "DOUBLE"), ("__fsql_kind", "DOUBLE")]
+    spine = [(1, h(3), *range(len(generated))), (1, h(0), *range(len(generated)))]
+    hist = [(1, h(1), 1.5, 2.5), (1, h(1), 0.5, 9.5)]
+    v = view(
+        features=(("__fsql_match", "m"), ("__fsql_kind", "kd")),
+        value_columns=(("__fsql_match", "DOUBLE"), ("__fsql_kind", "DOUBLE")),
+    )
+    names = [c for c, _ in spine_cols]
+
+    def build(engine: str) -> list[tuple[str, str]]:
+        return [
+            (str(plan), compile_([v], spine_columns=names, dialect=engine, plan=plan).sql(engine))
+            for plan in plans_for(engine)
+        ]
+
+    expected = [(1, h(3), *range(len(generated)), 1.5, 2.5), (1, h(0), *range(len(generated)), None, None)]
+    for engine, plan, got in run_both(
+        duck, pg, {"hist": (hist_cols, hist), "spine": (spine_cols, spine)}, build
+    ):
+        assert rows_mismatch(expected, got) is None, (engine, plan, got)
+
+
+def test_subquery_relations_as_the_service_passes_them(duck: duckdb.DuckDBPyConnection) -> None:
+    load_duckdb(duck, "hist", HIST_COLS, [(1, h(1), None, 1.0, "a"), (1, h(2), None, 2.0, "b")])
+    load_duckdb(duck, "spine", SPINE_COLS, [(1, h(5), 1)])
+    window = exp.Subquery(
+        this=sqlglot.parse_one("SELECT * FROM hist WHERE ts < TIMESTAMP '2024-01-01 01:30:00'"),
+        alias=exp.TableAlias(this=exp.to_identifier("__fsql_window")),
+    )
+    spine = exp.Subquery(this=sqlglot.parse_one("SELECT k, t, label FROM spine"))
+    sql = compile_([view(relation=window)], spine=spine).sql("duckdb")
+    assert duck.execute(sql).fetchall() == [(1, h(5), 1, 1.0)]
+    latest = latest_per_entity(
+        view(relation=window), dialect="duckdb", as_of=exp.cast(exp.Literal.string("2024-01-02"), "TIMESTAMP")
+    )
+    assert duck.execute(latest.sql("duckdb")).fetchall() == [(1, h(1), 1.0)]
+
+
+def test_latest_columns_and_ttl(duck: duckdb.DuckDBPyConnection) -> None:
+    load_duckdb(
+        duck,
+        "hist",
+        HIST_COLS,
+        [(1, h(1), h(1), 1.0, "a"), (2, h(10), None, 2.0, "b"), (None, h(1), None, 3.0, "z")],
+    )
+    v = view(created="c", ttl=timedelta(hours=2), features=(("x", "x_out"), ("c", "c_out")))
+    as_of = exp.cast(exp.Literal.string("2024-01-01 11:00:00"), "TIMESTAMP")
+    q = latest_per_entity(v, dialect="duckdb", as_of=as_of)
+    result = duck.execute(q.sql("duckdb"))
+    assert [d[0] for d in result.description] == ["k", "ts", "c", "x_out", "c_out"]
+    assert result.fetchall() == [(2, h(10), None, 2.0, None)]  # entity 1 is stale, NULL key left out
+    q = latest_per_entity(v, dialect="duckdb", as_of=as_of, apply_ttl=False)
+    assert sorted(duck.execute(q.sql("duckdb")).fetchall()) == [
+        (1, h(1), h(1), 1.0, h(1)),
+        (2, h(10), None, 2.0, None),
+    ]
+
+
+# --- PostgreSQL: the index serves the LATERAL plan -----------------------------------------------
+
+
+def test_offline_index_serves_the_lateral_plan(pg: Any) -> None:
+    hist = [(i % 500, h(i % 97), None, float(i), str(i)) for i in range(20_000)]
+    load_postgres(pg, "hist", HIST_COLS, hist)
+    load_postgres(pg, "spine", SPINE_COLS, [(i, h(50), i) for i in range(300)])
+    v = view(
+        features=(("x", "x"), ("y", "y")), value_columns=(("x", "DOUBLE"), ("y", "VARCHAR")), indexed=True
+    )
+    index = offline_index(v, exp.to_table("hist"), "postgres")
+    assert index is not None
+    pg.execute(index.sql("postgres"))
+    pg.execute("VACUUM ANALYZE hist")
+    sql = compile_([v], dialect="postgres").sql("postgres")
+    assert "LATERAL" in sql
+    plan = "\n".join(r[0] for r in pg.execute("EXPLAIN " + sql).fetchall())
+    assert "hist__fsql_pit" in plan, plan
+    assert "Index Only Scan" in plan, plan  # covering: no heap access
+    # the event_ts order comes from the index: only the tie keys are sorted, incrementally
+    assert "Incremental Sort" in plan or "Sort Key" not in plan.split("Limit")[1], plan
+    ref = RefView(
+        rows=[dict(zip([c for c, _ in HIST_COLS], r, strict=True)) for r in hist],
+        keys=("k",),
+        timestamp="ts",
+        created=None,
+        ttl=None,
+        features=v.features,
+        value_columns=("x", "y"),
+    )
+    spine = [dict(zip(["k", "t", "label"], (i, h(50), i), strict=True)) for i in range(300)]
+    assert rows_mismatch(pit_join(spine, ["k", "t", "label"], "t", [ref]), pg.execute(sql).fetchall()) is None
+
+
+def test_offline_index_names_and_dialects() -> None:
+    long = "x" * 70
+    index = offline_index(view(), exp.to_table(f"fsql.{long}"), "postgres")
+    assert index is not None
+    name = index.this.this.name
+    assert len(name.encode()) <= 63 and name.endswith("__fsql_pit")
+    assert offline_index(view(), exp.to_table("t"), "duckdb") is None
+    assert offline_index(view(), exp.to_table("t"), "bigquery") is None
+    with pytest.raises(CompileError):
+        offline_index(view(), sqlglot.parse_one("SELECT 1"), "postgres")  # type: ignore[arg-type]
