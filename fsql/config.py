@@ -33,6 +33,9 @@ class DuckDBWarehouse:
 class PostgresWarehouse:
     url: str = DEFAULT_POSTGRES_URL
     schema: str = "fsql"
+    # "table": training sets read `<view>__history`, a persisted copy with a covering index (fast PIT
+    # joins; refreshed by build and materialize); "view": they read the live view (no copy, slower).
+    history: str = "table"
     engine: str = "postgres"
 
 
@@ -114,7 +117,7 @@ class Config:
 
 _SECTIONS: dict[str, set[str]] = {
     "project": {"name", "dialect", "features_dir", "macros_dir"},
-    "warehouse": {"engine", "path", "url", "schema"},
+    "warehouse": {"engine", "path", "url", "schema", "history"},
     "online": {"store", "path", "url", "prefix"},
     "registry": {"url"},
     "vars": set(),
@@ -221,9 +224,16 @@ def load_config(root: str | Path = ".", overrides: dict[str, dict[str, Any]] | N
     warehouse: Warehouse
     if engine == "duckdb":
         wh.pop("url", None)
+        wh.pop("history", None)
         warehouse = DuckDBWarehouse(**wh)
     elif engine == "postgres":
         wh.pop("path", None)
+        if wh.get("history", "table") not in ("table", "view"):
+            raise ConfigError(
+                f"[warehouse] history must be 'table' or 'view', not '{wh['history']}'",
+                path=shown,
+                line=_line_of(text, "history"),
+            )
         if not wh.get("url"):
             wh["url"] = os.environ.get("FSQL_POSTGRES_URL", DEFAULT_POSTGRES_URL)
         warehouse = PostgresWarehouse(**wh)
