@@ -11,11 +11,13 @@ the drawn scenario and is a real counterexample.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
+from unittest import mock
 
 import duckdb
 import pytest
@@ -34,6 +36,7 @@ from pit_reference import (
 )
 from sqlglot import exp
 
+import fsql.compiler.pit as pit_module
 from fsql.compiler.pit import PitView, compile_pit, latest_per_entity
 
 EXAMPLES = 200
@@ -222,10 +225,26 @@ def compiled(sc: Scenario, dialect: str, mode: str, plan: str | None, run_as: st
     if sc.spine_as_query:
         spine = exp.select("*").from_("spine")
     views = [v.pit for v in sc.views]
+    if dialect in VARIANTS:
+        # the same engine with some capabilities off: exercises plan shapes that only engines we
+        # cannot run here use (Snowflake's probe-shaped ASOF plan, plans without MATERIALIZED)
+        base, changes = VARIANTS[dialect]
+        caps = dataclasses.replace(pit_module.capabilities(base), **changes)
+        with mock.patch.object(pit_module, "capabilities", return_value=caps):
+            query = compile_pit(
+                spine, sc.spine_columns, "t", views, dialect=base, mode=mode, ordinal=sc.ordinal, plan=plan
+            )
+        return query.sql(run_as)
     query = compile_pit(
         spine, sc.spine_columns, "t", views, dialect=dialect, mode=mode, ordinal=sc.ordinal, plan=plan
     )
     return query.sql(run_as)
+
+
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "duckdb/probe": ("duckdb", {"asof_carry_spine": False, "materialized_cte": False}),
+    "duckdb/no-split": ("duckdb", {"split_ties": False}),
+}
 
 
 # (dialect the tree is compiled for, plan) -> run as DuckDB / PostgreSQL SQL. Trees compiled for
@@ -236,6 +255,8 @@ DUCKDB_PLANS = [
     ("duckdb", "timeline"),
     ("duckdb", "range"),
     ("duckdb", "lateral"),
+    ("duckdb/probe", None),
+    ("duckdb/no-split", None),
     ("trino", None),
 ]
 POSTGRES_PLANS = [("postgres", None), ("postgres", "lateral"), ("postgres", "range")]

@@ -24,39 +24,61 @@ always pick the same row). Values compare with NULL lowest, NaN above +Infinity,
 as the output can tell, so which one is picked cannot change a result. One caveat: -0.0 and 0.0
 compare equal on every engine, so either may be returned.
 
-Plans (chosen per view from ``fsql.compiler.dialects`` capability flags):
+Plans (chosen per view from ``fsql.compiler.dialects`` capability flags, overridable with
+``plan=``). Each finds the winning event_ts first, then the row(s) at it:
 
-* ``asof`` (DuckDB, Snowflake): native ASOF join on a narrow (keys, match time) relation finds the
-  winning ``event_ts``; an equi-join on (keys, event_ts) then fetches the rows at that instant and a
-  ROW_NUMBER applies the rest of the tie order. The native join picks arbitrarily among equal
-  timestamps, which is why it only returns the winning *time*. In known-at mode the match time is
-  the row's eligible-at time ``GREATEST(event_ts, COALESCE(created, event_ts))`` and the relation
-  carries the running ``MAX(event_ts)`` over eligible-at order: at any t, the greatest event_ts among
-  rows known at t. An older but known row therefore wins over a newer unknown one. The TTL is
-  checked on the winning event_ts after the join: it is the greatest candidate event_ts, so if it
-  is too old, every candidate is.
-* ``timeline`` (BigQuery, Spark, Trino, unindexed PostgreSQL): the same, but the winning event_ts
-  comes from a running MAX over a UNION ALL of view rows (at their match time) and spine probe
-  points, ordered so that view rows precede probe points at equal times (``<=`` counts).
-* ``lateral`` (PostgreSQL with the covering index from ``offline_index``): one
-  ``LEFT JOIN LATERAL (... ORDER BY <tie order> LIMIT 1)`` per view: an index range scan, backward,
-  stopping at the first row. ``event_ts DESC NULLS FIRST`` is spelled out because it is what a
-  backward scan of an ascending index yields (NULLs cannot qualify, so it is the same order);
-  sqlglot would otherwise emit ``DESC NULLS LAST``, which the index cannot serve.
-* ``range``: range join on keys and ``event_ts <= t`` plus ROW_NUMBER per probe point. Quadratic in
-  history depth; kept for measurement (bench/pit.py) and for engines without windows' running frames.
+* ``asof`` (DuckDB, Snowflake): a native ASOF join on a narrow (keys, match time) relation gives
+  the winning event_ts; an equi-join on (keys, event_ts) fetches the rows at that instant and the
+  rest of the tie order picks one. The native join picks arbitrarily among equal timestamps, which
+  is why only the *time* is taken from it (ties are removed after it, not before: deduplicating the
+  whole history first costs a window over every row, 3 s at 2M rows). In known-at mode the match
+  time is the row's eligible-at time ``GREATEST(event_ts, COALESCE(created, event_ts))`` and the
+  relation carries the running ``MAX(event_ts)`` in eligible-at order: at any t, the greatest
+  event_ts among rows known at t. An older known row therefore wins over a newer one not yet
+  known, and a row whose created is later than t never wins. The TTL is checked on the winning
+  event_ts after the join (DuckDB allows one inequality): it is the greatest candidate event_ts,
+  so if it is too old, every candidate is. On DuckDB the spine rows themselves flow through the
+  joins (``asof_carry_spine``) and the tie-break window runs only where a spine row has several
+  rows at its winning time (``split_ties``: DuckDB's window operator costs ~0.2 s per 100k one-row
+  partitions).
+* ``timeline`` (BigQuery, Spark, Trino, unindexed PostgreSQL): the winning event_ts comes from a
+  running MAX over a UNION ALL of view rows (at their match time) and spine probe points, view rows
+  first at equal times (``<=`` counts); then the same equi-join fetch. One sort of history + spine,
+  robust to deep histories; no IGNORE NULLS carry-forward, so a NULL in the winning row stays NULL.
+* ``lateral`` (PostgreSQL, history persisted with ``offline_index`` and ``indexed=True``):
+  ``LEFT JOIN LATERAL (... WHERE <rules 1-3> ORDER BY <tie order> LIMIT 1)``: one backward index
+  range scan per spine row that reads a single index tuple, because the index key is the tie
+  order itself (see ``offline_index``). The event_ts key is spelled in the dialect's default NULL
+  placement (``DESC`` = NULLS FIRST on PostgreSQL, what a backward scan of an ascending index
+  yields; NULL event_ts never qualifies so the order is the same): sqlglot would otherwise pin
+  ``DESC NULLS LAST``, which the index cannot serve.
+* ``range``: range join on keys and ``event_ts <= t`` plus ROW_NUMBER per probe point: quadratic in
+  history depth; kept for measurement.
 
-Measured in bench/pit.py (scale 1: 100k spine rows, 2M events; see the numbers in the module
-docstring of bench/pit.py): on PostgreSQL 15, LATERAL with the covering index is the fastest plan;
-without an index LATERAL degenerates into one scan per spine row, so the unindexed default is the
-timeline plan. On DuckDB the ASOF plan is the fastest.
+Why these, measured by bench/pit.py at scale 1 (100k spine rows; "shallow" = 2M events of 100k
+customers, "deep" = 100k events of 100 customers), best of 3, PostgreSQL 15 with default settings:
 
-Non-ASOF plans compute features per distinct probe point (spine keys, t) and join them back on
-(keys, t): spine duplicates share their answer, and no plan relies on a row number being the same
-in two evaluations of the spine. When ``ordinal`` is None the output order is
-``ROW_NUMBER() OVER ()`` over the spine, computed once: the engine's scan order of the spine
-relation, which DuckDB and PostgreSQL keep for a table or a simple query but SQL does not promise;
-the SDK passes an explicit ordinal for DataFrame spines.
+    PostgreSQL            shallow   deep     DuckDB 2.0 (event-time)   shallow   deep
+    hand LATERAL + index   0.70 s   0.73 s   hand ASOF LEFT JOIN        0.42 s   0.12 s
+    fsql lateral + index   0.74 s   0.72 s   hand ASOF + spine order    0.44 s   0.17 s
+    fsql timeline          3.9 s    1.3 s    fsql asof                  0.30 s   0.22 s
+    fsql range join        3.2 s    > 30 s   fsql asof, known-at        0.52 s   0.27 s
+    fsql lateral, no index > 30 s   > 30 s
+    fsql timeline, no ix   5.6 s    0.78 s
+
+LATERAL with the index is the PostgreSQL plan when the history is indexed; without an index it is
+a scan per spine row, and the range join explodes with history depth, so the unindexed default is
+the timeline plan. On DuckDB the ASOF plan beats the hand-written join on shallow histories (the
+ASOF sorts only two narrow columns) and costs 1.3x the order-preserving hand-written join on deep
+ones (the fetch join and tie check are fixed costs per spine row).
+
+Spine order and identity. The spine is numbered once with ``ROW_NUMBER() OVER ()``: the engine's
+scan order of the spine relation, which DuckDB and PostgreSQL keep for a table or a simple query
+but SQL does not promise; the SDK passes an explicit ``ordinal`` for DataFrame spines, and the
+output is ordered by it. Engines with ``WITH ... AS MATERIALIZED`` key each view's features by
+that row number; the others compute features per distinct probe point (spine keys, t) and join
+them back on (keys, t), since a row number is not stable across two evaluations of the spine.
+Either way spine duplicates and equal (keys, t) rows each keep their own output row.
 """
 
 from __future__ import annotations
