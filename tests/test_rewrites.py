@@ -189,6 +189,45 @@ def test_generate_turns_unsupported_into_compile_error() -> None:
         generate(q, "bigquery")
 
 
+# --- IGNORE NULLS (Spark LAST(x, TRUE)) -----------------------------------------------------------
+
+SPARK_LOCF = """
+SELECT k, t, x, LAST(x, TRUE) OVER (PARTITION BY k ORDER BY t) AS carried,
+       FIRST(x, TRUE) OVER (PARTITION BY k ORDER BY t) AS first_seen
+FROM tbl ORDER BY k, t
+"""
+
+
+def test_spark_last_ignore_nulls_keeps_its_meaning_on_duckdb(duck: duckdb.DuckDBPyConnection) -> None:
+    rows = [
+        (1, 1, None),
+        (1, 2, 5.0),
+        (1, 3, None),
+        (1, 4, float("nan")),
+        (1, 5, None),
+        (2, 1, None),
+        (2, 2, 7.0),
+    ]
+    load_duckdb(duck, "tbl", [("k", "BIGINT"), ("t", "BIGINT"), ("x", "DOUBLE")], rows)
+    tree = sqlglot.parse_one(SPARK_LOCF, read="spark")
+    assert "LAST(x)" in tree.sql("duckdb")  # the silent loss this rewrite exists for
+    got = duck.execute(generate(tree, "duckdb")).fetchall()
+    expected = []
+    for k in (1, 2):
+        last = first = None
+        for _, t, x in [r for r in rows if r[0] == k]:
+            if x is not None:
+                last = x
+                first = x if first is None else first
+            expected.append((k, t, x, last, first))
+    assert rows_mismatch(expected, got) is None, got
+
+
+def test_spark_last_ignore_nulls_refused_for_postgres() -> None:
+    with pytest.raises(CompileError, match="IGNORE NULLS"):
+        generate(sqlglot.parse_one(SPARK_LOCF, read="spark"), "postgres")
+
+
 # --- results: DuckDB native == PostgreSQL LATERAL == window rewrite == brute force -----------------
 
 T0 = __import__("datetime").datetime(2024, 5, 1)

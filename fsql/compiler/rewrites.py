@@ -18,8 +18,11 @@ the exchange rate in force). sqlglot parses it but emits it unchanged for engine
 ``inline_named_windows``: ``WINDOW w AS (...)`` crashes sqlglot's BigQuery generator (30.x) and its
 Snowflake output drops a frame that refines a named window; inlining is plain substitution.
 
-``generate``: SQL text for a dialect, with sqlglot crashes and "unsupported" warnings turned into
-``CompileError`` instead of silently different SQL.
+``ignore_nulls_as_value_functions``: Spark's ``LAST(x, TRUE) OVER`` loses its IGNORE NULLS when sqlglot
+30.x writes DuckDB or PostgreSQL.
+
+``generate``: SQL text for a dialect after the two rewrites above, with sqlglot crashes and
+"unsupported" warnings turned into ``CompileError`` instead of silently different SQL.
 """
 
 from __future__ import annotations
@@ -539,12 +542,34 @@ def _merge_window(base: exp.Window, window: exp.Window, name: str) -> exp.Window
     return merged
 
 
+# --- IGNORE NULLS -------------------------------------------------------------------------------
+
+
+def ignore_nulls_as_value_functions(query: exp.Expression) -> exp.Expression:
+    """``FIRST/LAST(x) IGNORE NULLS OVER (...)`` -> ``FIRST_VALUE/LAST_VALUE(x IGNORE NULLS) OVER``.
+
+    Why: Spark's ``LAST(x, TRUE) OVER w`` (last non-NULL value of the frame) parses to an ignore-NULLS
+    ``LAST`` aggregate, and sqlglot 30.x emits it for DuckDB and PostgreSQL as plain ``LAST(x)``:
+    NULLs are no longer skipped, silently. The value functions take IGNORE NULLS where the engine
+    supports it (DuckDB, BigQuery, Trino...); where it does not (PostgreSQL), ``generate`` reports
+    it instead of dropping it. Same frame, same rows: the meaning is unchanged.
+    """
+    query = query.copy()
+    swaps = {exp.Last: exp.LastValue, exp.First: exp.FirstValue}
+    for window in list(query.find_all(exp.Window)):
+        inner = window.this
+        if isinstance(inner, exp.IgnoreNulls) and type(inner.this) in swaps:
+            aggregate = inner.this
+            inner.set("this", swaps[type(aggregate)](this=aggregate.this.copy()))
+    return query
+
+
 # --- generation --------------------------------------------------------------------------------
 
 
 def generate(expression: exp.Expression, dialect: str, *, pretty: bool = False) -> str:
     """SQL text for ``dialect``, or CompileError where sqlglot cannot express the tree faithfully."""
-    tree = inline_named_windows(expression)
+    tree = ignore_nulls_as_value_functions(inline_named_windows(expression))
     try:
         return tree.sql(dialect=dialect, pretty=pretty, unsupported_level=ErrorLevel.RAISE)
     except SqlglotError as error:
