@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -207,10 +207,8 @@ class PostgresEngine:
         return {r["table_name"]: r["table_type"] for r in rows}
 
     def close(self) -> None:
-        try:
+        with suppress(Exception):
             self.con.close()
-        except Exception:
-            pass
 
 
 def _libpq_url(url: str) -> str:

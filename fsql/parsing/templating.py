@@ -73,7 +73,7 @@ def line_map(source: str, rendered: str) -> list[int]:
     src, out = source.splitlines(), rendered.splitlines()
     mapping = [1] * (len(out) + 1)
     matcher = difflib.SequenceMatcher(a=src, b=out, autojunk=False)
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+    for tag, i1, _i2, j1, j2 in matcher.get_opcodes():
         for j in range(j1, j2):
             mapping[j] = (i1 + (j - j1) + 1) if tag == "equal" else i1 + 1
     if out:
