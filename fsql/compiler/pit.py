@@ -116,13 +116,14 @@ class PitView:
     # spine columns matched to `keys`, position by position; defaults to the same names
     spine_keys: tuple[str, ...] | None = None
     # every value (feature) column of the view in declared order, with its SQL type when known
-    # (DuckDB spelling, e.g. VARCHAR, DOUBLE). It is the tie-break order of rule 4 and the INCLUDE
-    # list of `offline_index`. Pass all of them, not only the selected features, so a training set
-    # and `<view>__latest` pick the same row. Types make string and NaN ordering identical across
-    # engines with plain SQL; unknown types get a slower but equivalent guard on PostgreSQL.
-    # Defaults to the selected features with unknown types.
+    # (DuckDB spelling, e.g. VARCHAR, DOUBLE): the tie-break order of rule 4 and the columns of
+    # `offline_index`. Pass all of them, not only the selected features, so that a training set and
+    # `<view>__latest` pick the same row among tied rows. Types let string and NaN ordering be plain
+    # SQL and let the PostgreSQL index serve the whole order; an unknown type gets an equivalent
+    # but slower guard key on PostgreSQL. Default: the selected features, types unknown.
     value_columns: tuple[tuple[str, str | None], ...] = ()
-    # the relation is a table carrying `offline_index(...)`: engines that benefit use an index plan
+    # the relation is a table on which `offline_index(...)` was created: engines that benefit
+    # (PostgreSQL) then use the LATERAL index plan; without it they keep a plan that needs no index
     indexed: bool = False
 
 
@@ -142,8 +143,13 @@ def compile_pit(
 ) -> exp.Query:
     """The training-set query: spine columns first (unchanged, in spine order), then features.
 
+    ``spine`` is a table or a query returning ``spine_columns``; ``ordinal`` names a spine column
+    holding the row order (not output; ties between equal ordinals keep one row each, in no
+    particular order); without it the order is ``ROW_NUMBER() OVER ()`` over the spine, i.e. its
+    scan order. Features come out under the output names of ``PitView.features``, view by view.
     ``plan`` overrides the dialect's plan choice (one plan, or a plan per view name); tests and the
-    benchmark use it to run every plan on every engine that can.
+    benchmark use it to run every plan on every engine that can. Raises ``CompileError`` for names
+    that do not line up (missing spine keys, output names colliding with spine columns, ...).
     """
     caps = capabilities(dialect)
     _check_mode(mode)
