@@ -280,9 +280,9 @@ def test_latest_columns_and_ttl(duck: duckdb.DuckDBPyConnection) -> None:
 
 
 def test_offline_index_serves_the_lateral_plan(pg: Any) -> None:
-    hist = [(i % 500, h(i % 97), None, float(i), str(i)) for i in range(20_000)]
+    hist = [(i % 200, h(i % 97), None, float(i), str(i)) for i in range(8_000)]
     load_postgres(pg, "hist", HIST_COLS, hist)
-    load_postgres(pg, "spine", SPINE_COLS, [(i, h(50), i) for i in range(300)])
+    load_postgres(pg, "spine", SPINE_COLS, [(i, h(50), i) for i in range(100)])
     v = view(
         features=(("x", "x"), ("y", "y")), value_columns=(("x", "DOUBLE"), ("y", "VARCHAR")), indexed=True
     )
@@ -306,7 +306,7 @@ def test_offline_index_serves_the_lateral_plan(pg: Any) -> None:
         features=v.features,
         value_columns=("x", "y"),
     )
-    spine = [dict(zip(["k", "t", "label"], (i, h(50), i), strict=True)) for i in range(300)]
+    spine = [dict(zip(["k", "t", "label"], (i, h(50), i), strict=True)) for i in range(100)]
     assert rows_mismatch(pit_join(spine, ["k", "t", "label"], "t", [ref]), pg.execute(sql).fetchall()) is None
 
 
