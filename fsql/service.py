@@ -794,7 +794,8 @@ class Service:
             yield exp.Subquery(this=sqlglot.parse_one(sql, read=engine.dialect)), [c.name for c in definition.spine_columns], None
             return
         if isinstance(spine, str):
-            if spine in self.config.sources or spine in self.definitions()[0]:
+            known = set(self.config.sources) | set(self.definitions(self.online_definitions_max_age)[0])
+            if spine in known:
                 relation = self.relation_for(engine.dialect)(spine)
                 columns = [c.name for c in engine.describe(exp.select("*").from_(relation.copy()).sql(dialect=engine.dialect))]
                 yield relation, columns, None
@@ -809,7 +810,6 @@ class Service:
             from fsql.parsing.project import table_references
 
             names = {t.name for t in table_references(query)}
-            known = set(self.config.sources) | set(self.definitions()[0])
             for unknown in sorted(names - known):
                 raise FsqlError(f"unknown source or view '{unknown}' in the spine query", hint=did_you_mean(unknown, known))
             resolved = resolve_names(query, names, self.relation_for(engine.dialect))
