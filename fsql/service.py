@@ -242,6 +242,7 @@ class Service:
                 say(f"building training set {name}")
                 training_set, sql = self._training_set(set_file, views)
                 sets[name] = training_set
+                lineage.extend(self._set_lineage(training_set))
                 if sql is not None:
                     with _located(set_file):
                         self._create_view(name, sql, existing)
@@ -364,6 +365,23 @@ class Service:
 
         warehouse = self.config.warehouse
         return isinstance(warehouse, PostgresWarehouse) and warehouse.history == "table"
+
+    def _set_lineage(self, training_set: TrainingSet) -> list[Any]:
+        """Downstream lineage: which training-set column comes from which view feature."""
+        from fsql.registry import LineageEdge
+
+        outputs = output_names(training_set.features, [c.name for c in training_set.spine_columns])
+        return [
+            LineageEdge(
+                downstream_kind="training_set",
+                downstream_name=training_set.name,
+                downstream_column=outputs[ref],
+                upstream_kind="view",
+                upstream_name=ref.view,
+                upstream_column=ref.feature,
+            )
+            for ref in training_set.features
+        ]
 
     def _pit_view(self, view: FeatureView, features: Sequence[tuple[str, str]] | None = None,
                   relation: exp.Expression | None = None, *, history: bool = False) -> pit.PitView:

@@ -197,3 +197,12 @@ def test_postgres_rebuild_reloads_changed_file_sources(project: Path, pg_schema:
     assert pg.query("SELECT count(*) AS n FROM customer_profile").to_pylist()[0]["n"] == 100 != before
     assert pg.build().reloaded == []
     pg.close()
+
+
+def test_lineage_reaches_source_columns_and_training_sets(project: Path) -> None:
+    assert runner.invoke(app, ["build", "-p", str(project)]).exit_code == 0
+    graph = json.loads(runner.invoke(app, ["lineage", "customer_spend", "-p", str(project), "--json"]).output)
+    upstream = {(e["downstream_column"], e["upstream_name"], e["upstream_column"]) for e in graph["upstream"]}
+    assert ("spend_30d", "orders", "amount") in upstream
+    downstream = {(e["downstream_name"], e["downstream_column"]) for e in graph["downstream"]}
+    assert ("churn", "spend_30d") in downstream and ("customer_value", "avg_order_value_30d") in downstream
