@@ -30,11 +30,6 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"error: {message}" if ":" not in message.split(" ")[0] else message, err=True)
-    raise typer.Exit(code)
-
-
 def handles_errors(func: F) -> F:
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -402,7 +397,3 @@ def training_set(
         else:
             frame.write_parquet(output)
         typer.echo(f"wrote {frame.height:,} rows x {frame.width} columns to {output} in {time.perf_counter() - began:.2f}s")
-
-
-def main() -> None:  # pragma: no cover
-    app()

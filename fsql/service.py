@@ -142,7 +142,6 @@ class Service:
                 self._online = open_online_store("redis", url=cfg.url, prefix=cfg.prefix)
             else:
                 path = cfg.path if cfg.path == ":memory:" else str(self.config.resolve(cfg.path))
-                Path(path).parent.mkdir(parents=True, exist_ok=True) if path != ":memory:" else None
                 self._online = open_online_store("sqlite", path=path, prefix=self.config.name)
         return self._online
 
@@ -813,7 +812,10 @@ class Service:
         if spine is None:
             if definition is None:
                 raise FsqlError("no spine given", hint="pass spine= a DataFrame, a source name or a SQL query")
-            sql = self.compile_body(self.parse().training_sets[definition.name], engine.dialect)
+            # The registered spine query, not the files: a training set runs as it was last built.
+            query = sqlglot.parse_one(definition.query, read=definition.dialect)
+            resolved = resolve_names(query, set(definition.depends_on), self.relation_for(engine.dialect))  # type: ignore[arg-type]
+            sql = to_dialect(resolved, definition.dialect, engine.dialect, path=definition.path, line=definition.line)
             yield exp.Subquery(this=sqlglot.parse_one(sql, read=engine.dialect)), [c.name for c in definition.spine_columns], None
             return
         if isinstance(spine, str):

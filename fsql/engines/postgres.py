@@ -19,11 +19,7 @@ from sqlglot import exp
 from fsql.config import SourceConfig
 from fsql.definitions import Column
 from fsql.engines.base import columns_of
-from fsql.errors import EngineError
-
-
-def redact(url: str) -> str:
-    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+from fsql.errors import EngineError, redact_url
 
 
 class PostgresEngine:
@@ -44,7 +40,7 @@ class PostgresEngine:
             self.con = adbc.connect(_libpq_url(url))
         except Exception as e:  # the driver raises its own OperationalError types
             raise EngineError(
-                f"cannot connect to PostgreSQL at {redact(url)}: {str(e).splitlines()[0]}",
+                f"cannot connect to PostgreSQL at {redact_url(url)}: {str(e).splitlines()[0]}",
                 hint="check the server is running and [warehouse] url (or FSQL_POSTGRES_URL)",
             ) from None
         self._autocommit(True)

@@ -23,13 +23,12 @@ import math
 import os
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
 import redis
 from redis.exceptions import NoScriptError, RedisError
 
-from fsql.errors import OnlineStoreError
+from fsql.errors import OnlineStoreError, redact_url
 from fsql.online.base import OnlineRow, OnlineTable, namespace
 from fsql.online.encoding import (
     HEADER_SIZE,
@@ -80,16 +79,6 @@ return written
 """
 
 
-def redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))
-
-
 class RedisOnlineStore:
     """Online store on a standalone Redis server (>= 6)."""
 
@@ -115,14 +104,14 @@ class RedisOnlineStore:
             self._sha = self.client.script_load(_UPSERT)
         except (RedisError, ValueError) as exc:
             raise OnlineStoreError(
-                f"cannot reach Redis at {redact(self.url)}: {exc}",
+                f"cannot reach Redis at {redact_url(self.url)}: {exc}",
                 hint="is redis-server running? set FSQL_REDIS_URL or the [online] url in fsql.toml",
             ) from exc
 
     def _fail(self, action: str, exc: Exception, hint: str | None = None) -> OnlineStoreError:
         if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
             hint = hint or "is redis-server running and reachable? check FSQL_REDIS_URL"
-        return OnlineStoreError(f"Redis at {redact(self.url)} failed while {action}: {exc}", hint=hint)
+        return OnlineStoreError(f"Redis at {redact_url(self.url)} failed while {action}: {exc}", hint=hint)
 
     def write_batch(self, table: OnlineTable, batch: pa.RecordBatch) -> int:
         """Upsert newer-wins; returns the number of rows that were inserted or replaced."""
