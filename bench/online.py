@@ -1,4 +1,4 @@
-"""End-to-end online benchmark: ``fsql materialize`` and ``Service.online`` against raw clients.
+"""End-to-end online benchmark: ``fsql materialize`` and ``Store.online`` against raw clients.
 
     python -m bench.online [--scale 1.0] [--redis-url redis://127.0.0.1:6379/0] [--reads 2000]
 
@@ -6,12 +6,12 @@ Builds a tiny fsql project over the generated orders of ``bench.data`` (at scale
 100k customers, 10 numeric features with NULLs) in a temporary directory, DuckDB warehouse, and in
 one run measures, on loopback only:
 
-- **materialize rows/s**: ``Service.materialize(full=True)`` into Redis (the warehouse query for the
+- **materialize rows/s**: ``Store.materialize(full=True)`` into Redis (the warehouse query for the
   latest row per customer, Arrow batches, encoding, newer-wins Lua upserts) vs raw pipelined redis-py
   ``HSET`` of the same latest rows (a hash per customer, a field per feature, NULLs left out), starting
   from the same Arrow table (its conversion to Python values is timed; the latest-row query is not, it
   is reported separately). Target ratio >= 0.7.
-- **online read latency** p50/p99 for 1 and 100 entities: ``Service.online`` (registry definitions,
+- **online read latency** p50/p99 for 1 and 100 entities: ``Store.online`` (registry definitions,
   key casting, one MGET, decoding, freshness status, a polars DataFrame) vs raw ``HMGET`` of the 10
   fields (100 entities: one pipeline of 100 ``HMGET``). Target p99 ratio <= 1.5.
 - **bytes per entity**: ``MEMORY USAGE`` over a sample of keys, fsql vs the raw hash, with keys of
@@ -20,7 +20,7 @@ one run measures, on loopback only:
   (bytes per entity from ``dbstat``).
 
 Read latencies are measured call by call, fsql and raw interleaved, so that load from other processes
-hits both sides alike. ``Service.online`` reuses the registry definitions for up to 2 s (the
+hits both sides alike. ``Store.online`` reuses the registry definitions for up to 2 s (the
 first call of a run reads them), so a steady stream of reads costs one store round trip each.
 
 Every trial writes into a fresh key prefix / file; all keys under the benchmark's own random prefix
@@ -168,17 +168,24 @@ def make_project(root: Path, scale: float) -> tuple[pa.Table, int]:
 
 
 def open_service(root: Path, online: dict[str, Any]) -> Any:
-    from fsql.service import Service
+    from fsql import Store
 
-    return Service.open(root, {"online": online})
+    return Store(root, online=online)
 
 
-def latest_rows(service: Any, end: datetime) -> tuple[float, pa.Table]:
+def latest_rows(root: Path, end: datetime) -> tuple[float, pa.Table]:
     """The rows materialize writes, from the same query; best of a few timings (the warehouse part
     of a run)."""
-    view = service.definitions()[0][VIEW]
-    sql, params = service._latest_sql(view, None, end)
-    timings = [timed(lambda: service.engine.arrow(sql, params)) for _ in range(WRITE_TRIALS)]
+    from fsql.service.context import Context
+    from fsql.service.materialize import _latest_sql
+
+    ctx = Context.open(root)
+    try:
+        view = ctx.definitions().views[VIEW]
+        sql, params = _latest_sql(ctx, view, None, end)
+        timings = [timed(lambda: ctx.engine.arrow(sql, params)) for _ in range(WRITE_TRIALS)]
+    finally:
+        ctx.close()
     return min(t for t, _ in timings), timings[-1][1]
 
 
@@ -259,10 +266,10 @@ def bench_redis(root: Path, url: str, prefix: str, customers: int, reads: int, r
         rows = results[0].rows
         best = min(best, seconds)
     assert service is not None
-    query_seconds, latest = latest_rows(service, end)
+    query_seconds, latest = latest_rows(root, end)
     assert latest.num_rows == rows, (latest.num_rows, rows)
 
-    version = service.definitions()[0][VIEW].version
+    version = service.definition(VIEW).version
     fsql_ns = f"{prefix}:fsql{WRITE_TRIALS - 1}:{VIEW}:{version}:"
     raw_ns = f"{prefix}:rawh0:{'r' * len(VIEW)}:{'r' * len(version)}:"  # same key length as fsql's
     assert len(raw_ns) == len(fsql_ns)
@@ -310,7 +317,7 @@ def bench_redis(root: Path, url: str, prefix: str, customers: int, reads: int, r
     compare_reads(
         report,
         "  1, as_dicts",
-        lambda i: service.online(VIEW, {"customer_id": [one(i)]}, now=end, as_dicts=True),
+        lambda i: service.online_dicts(VIEW, {"customer_id": [one(i)]}, now=end),
         raw_one,
         reads,
         target=False,
@@ -318,7 +325,7 @@ def bench_redis(root: Path, url: str, prefix: str, customers: int, reads: int, r
     compare_reads(
         report,
         "  100, as_dicts",
-        lambda i: service.online(VIEW, {"customer_id": ids(i)}, now=end, as_dicts=True),
+        lambda i: service.online_dicts(VIEW, {"customer_id": ids(i)}, now=end),
         raw_hundred,
         reads_100,
         target=False,
@@ -385,7 +392,7 @@ def bench_sqlite(root: Path, work: Path, customers: int, reads: int, report: Rep
         rows = results[0].rows
         best = min(best, seconds)
     assert service is not None
-    query_seconds, latest = latest_rows(service, end)
+    query_seconds, latest = latest_rows(root, end)
     raw_best = float("inf")
     raw_path = work / "raw0.db"
     for trial in range(WRITE_TRIALS):

@@ -1,4 +1,5 @@
-"""The `fsql` command line: Typer commands, thin over the SDK.
+"""The `fsql` command line: Typer commands over the SDK (`fsql.Store`). Commands parse arguments and
+format output; everything else happens in the SDK.
 
 Every command exits non-zero with one line `path:line: message; hint` on a user error, and most take
 `--json` for scripts.
@@ -7,27 +8,45 @@ Every command exits non-zero with one line `path:line: message; hint` on a user 
 from __future__ import annotations
 
 import json
+import math
 import sys
-from collections.abc import Callable
-from datetime import datetime
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from enum import Enum, StrEnum
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
-from fsql.errors import FsqlError
+from fsql.config import SUPPORTED_DIALECTS
+from fsql.errors import FsqlError, RequestError
 
 app = typer.Typer(
     help="fsql: a SQL-first feature store. Feature files are annotated .sql files under features/.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
+
+Dialect = Enum("Dialect", {d: d for d in SUPPORTED_DIALECTS}, type=str)  # type: ignore[misc]
+
+
+class PitModeChoice(StrEnum):
+    known_at = "known-at"
+    event_time = "event-time"
+
 
 ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="Project folder (holds fsql.toml).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+VarOpt = Annotated[list[str] | None, typer.Option("--var", metavar="NAME=VALUE", help="Set a Jinja variable: --var name=value (repeatable).")]
+PitModeOpt = Annotated[PitModeChoice, typer.Option("--pit-mode", help="known-at (default) or event-time (Feast-compatible).")]
 F = TypeVar("F", bound=Callable[..., Any])
+OUTPUT_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".ndjson": "json", ".json": "json"}
 
 
 def handles_errors(func: F) -> F:
@@ -45,30 +64,72 @@ def handles_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _store(project: Path):  # noqa: ANN202
+@contextmanager
+def _store(project: Path, variables: list[str] | None = None) -> Iterator[Any]:
     from fsql.store import Store
 
-    return Store(project)
+    sections: dict[str, dict[str, Any]] = {}
+    if variables:
+        sections["vars"] = dict(_pair(item, "--var", "name=value") for item in variables)
+    store = Store(project, **sections)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _pair(item: str, option: str, example: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise RequestError(f"invalid {option} '{item}'", hint=f"write {option} {example}")
+    return key.strip(), value
+
+
+def _json_value(value: Any) -> Any:
+    """JSON has no NaN or infinities: they are written as the strings "NaN", "Infinity", "-Infinity"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+        return int(seconds) if seconds.is_integer() else seconds
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    if hasattr(value, "to_dict"):
+        return _json_value(value.to_dict())
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
 
 
 def _json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, default=_default))
+    typer.echo(json.dumps(_json_value(data), indent=2, allow_nan=False))
 
 
-def _default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if hasattr(value, "total_seconds"):
-        return value.total_seconds()
-    if hasattr(value, "to_dict"):
-        return value.to_dict()
-    return str(value)
+def _duration(value: timedelta | None) -> str | None:
+    """A TTL as written in feature files: 30d, 12h, 15m, 45s."""
+    if value is None:
+        return None
+    seconds = int(value.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def _progress(enabled: bool) -> Callable[[str], None] | None:
     if not enabled or not sys.stderr.isatty():
         return None
     return lambda message: typer.echo(f"  {message}", err=True)
+
+
+def _cell(value: Any) -> str:
+    return "null" if value is None else str(value)
 
 
 @app.command()
@@ -78,10 +139,11 @@ def init(
     sample: Annotated[bool, typer.Option("--sample/--no-sample", help="Also write the sample dataset under data/.")] = True,
 ) -> None:
     """Create a new project with example feature files (and the sample dataset)."""
+    from fsql.errors import ConflictError
     from fsql.sample import scaffold
 
     if (directory / "fsql.toml").exists():
-        raise FsqlError(f"{directory}/fsql.toml already exists", hint="choose an empty folder")
+        raise ConflictError(f"{directory}/fsql.toml already exists", hint="choose an empty folder")
     created = scaffold(directory, with_data=sample)
     typer.echo(f"created {len(created)} files in {directory}; next: cd {directory} && fsql build")
 
@@ -90,36 +152,35 @@ def init(
 @handles_errors
 def build(
     project: ProjectOpt = Path("."),
-    allow_breaking: Annotated[bool, typer.Option(help="Accept changed column types.")] = False,
+    allow_breaking: Annotated[bool, typer.Option("--allow-breaking", help="Accept changed column types.")] = False,
+    variables: VarOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Validate every feature file, register it, and create the generated views."""
-    with _store(project) as store:
-        result = store.service.build(allow_breaking=allow_breaking, progress=_progress(not as_json))
+    with _store(project, variables) as store:
+        result = store.build(allow_breaking=allow_breaking, progress=_progress(not as_json))
         if as_json:
-            _json(result.to_dict())
+            _json(result)
             return
-        for change in result.changes:
-            if change.action != "unchanged":
-                flag = " (breaking)" if change.breaking else ""
-                typer.echo(f"  {change.action:<9} {change.kind.replace('_', ' ')} {change.name}{flag}")
+        for change in result.pending:
+            flag = " (breaking)" if change.breaking else ""
+            typer.echo(f"  {change.action:<9} {change.kind.replace('_', ' ')} {change.name}{flag}")
         typer.echo(result.summary)
 
 
 @app.command()
 @handles_errors
-def plan(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
-    """Show what `fsql build` would change: added, changed, removed; breaking or compatible."""
-    with _store(project) as store:
-        changes = store.plan()
+def plan(project: ProjectOpt = Path("."), variables: VarOpt = None, as_json: JsonOpt = False) -> None:
+    """Show what `fsql build` would change: added, changed, updated, removed; breaking or compatible."""
+    with _store(project, variables) as store:
+        result = store.plan()
         if as_json:
-            _json([c.to_dict() for c in changes])
+            _json(result.changes)
             return
-        pending = [c for c in changes if c.action != "unchanged"]
-        if not pending:
-            typer.echo("no changes: the registry matches the feature files")
+        if not result.pending:
+            typer.echo("no changes: the registry and warehouse match the feature files")
             return
-        for change in pending:
+        for change in result.pending:
             kind = "breaking" if change.breaking else "compatible"
             reasons = f": {'; '.join(change.reasons)}" if change.reasons else ""
             typer.echo(f"  {change.action:<8} {change.kind.replace('_', ' ')} {change.name} [{kind}]{reasons}")
@@ -129,21 +190,23 @@ def plan(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
 @handles_errors
 def compile_(
     name: Annotated[str, typer.Argument(help="A feature view or training set.")],
-    dialect: Annotated[str, typer.Option("--dialect", "-d", help="Target SQL dialect.")] = "duckdb",
-    pit_mode: Annotated[str, typer.Option(help="known-at or event-time.")] = "known-at",
+    dialect: Annotated[Dialect, typer.Option("--dialect", "-d", help="Target SQL dialect.")] = "duckdb",  # type: ignore[assignment]
+    pit_mode: PitModeOpt = PitModeChoice.known_at,
     project: ProjectOpt = Path("."),
+    variables: VarOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Print the exact SQL fsql would run for a view or training set, in any supported dialect."""
-    with _store(project) as store:
-        sql = store.compile(name, dialect, mode=pit_mode)  # type: ignore[arg-type]
+    dialect_name = dialect.value if isinstance(dialect, Enum) else str(dialect)
+    with _store(project, variables) as store:
+        sql = store.compile(name, dialect_name, mode=pit_mode.value)  # type: ignore[arg-type]
         if as_json:
-            _json({"name": name, "dialect": dialect, "sql": sql})
+            _json({"name": name, "dialect": dialect_name, "sql": sql})
         else:
             typer.echo(sql)
 
 
-def _view_summary(view: Any, freshness: dict[str, Any] | None = None) -> dict[str, Any]:
+def _view_item(view: Any) -> dict[str, Any]:
     return {
         "name": view.name,
         "kind": "feature_view",
@@ -152,28 +215,34 @@ def _view_summary(view: Any, freshness: dict[str, Any] | None = None) -> dict[st
         "entity_keys": list(view.entity_keys),
         "timestamp": view.timestamp,
         "created": view.created,
-        "ttl": view.ttl.total_seconds() if view.ttl else None,
+        "ttl": view.ttl,
         "owner": view.owner,
         "tags": list(view.tags),
         "description": view.description,
         "path": view.path,
-        "features": [{"name": c.name, "type": c.dtype, "description": c.description} for c in view.features],
-        **(freshness or {}),
+        "features": [{"name": f.name, "type": f.dtype, "description": f.description} for f in view.features],
+        "last_materialized_at": view.last_materialized_at,
+        "watermark": view.watermark,
     }
 
 
-def _set_summary(training_set: Any) -> dict[str, Any]:
+def _set_item(training_set: Any, spine_columns: list[str]) -> dict[str, Any]:
     return {
         "name": training_set.name,
         "kind": "training_set",
         "version": training_set.version,
         "timestamp": training_set.timestamp,
         "owner": training_set.owner,
+        "tags": list(training_set.tags),
         "description": training_set.description,
         "path": training_set.path,
         "features": [str(f) for f in training_set.features],
-        "spine_columns": [{"name": c.name, "type": c.dtype} for c in training_set.spine_columns],
+        "spine_columns": spine_columns,
     }
+
+
+def _spine_columns(store: Any, name: str) -> list[str]:
+    return [c.name for c in store.definition(name).spine_columns]
 
 
 @app.command("ls")
@@ -181,9 +250,8 @@ def _set_summary(training_set: Any) -> dict[str, Any]:
 def ls(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
     """List the registered feature views and training sets."""
     with _store(project) as store:
-        views, sets = store.service.definitions()
-        freshness = store.service.freshness()
-        items = [_view_summary(v, freshness.get(v.name)) for v in views.values()] + [_set_summary(s) for s in sets.values()]
+        items = [_view_item(v) for v in store.views()]
+        items += [_set_item(s, _spine_columns(store, s.name)) for s in store.training_set_records()]
         if as_json:
             _json(items)
             return
@@ -191,33 +259,23 @@ def ls(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
             typer.echo("nothing registered yet; run `fsql build`")
             return
         for item in items:
+            count = len(item["features"])
+            features = f"{count} feature" + ("" if count == 1 else "s")
             if item["kind"] == "feature_view":
                 fresh = item.get("last_materialized_at")
-                note = f"  materialized {fresh}" if fresh else ""
-                typer.echo(
-                    f"{item['name']:<28} view  {item['entity']:<18} {len(item['features'])} features"
-                    f"  v{item['version']}{note}"
-                )
+                note = f"  materialized {fresh:%Y-%m-%d %H:%M:%S}" if fresh else "  never materialized"
+                typer.echo(f"{item['name']:<28} view  {item['entity']:<18} {features:<12} v{item['version']}{note}")
             else:
-                typer.echo(f"{item['name']:<28} set   {len(item['features'])} features  v{item['version']}")
+                typer.echo(f"{item['name']:<28} set   {'':<18} {features:<12} v{item['version']}")
 
 
 @app.command()
 @handles_errors
 def describe(name: str, project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
     """Show one feature view or training set: keys, timing, features with types and descriptions."""
-    from fsql.errors import NotFoundError, did_you_mean
-
     with _store(project) as store:
-        views, sets = store.service.definitions()
-        if name in views:
-            freshness = store.service.freshness()
-            item = _view_summary(views[name], freshness.get(name))
-        elif name in sets:
-            item = _set_summary(sets[name])
-        else:
-            raise NotFoundError(f"no feature view or training set named '{name}'",
-                                hint=did_you_mean(name, [*views, *sets]) or "run `fsql ls`")
+        record = store.describe(name)
+        item = _view_item(record) if hasattr(record, "entity") else _set_item(record, _spine_columns(store, name))
         if as_json:
             _json(item)
             return
@@ -230,6 +288,10 @@ def describe(name: str, project: ProjectOpt = Path("."), as_json: JsonOpt = Fals
                         typer.echo(f"  {feature['name']:<28} {feature['type']:<12}{desc}")
                     else:
                         typer.echo(f"  {feature}")
+            elif isinstance(value, timedelta):
+                typer.echo(f"{key}: {_duration(value)}")
+            elif isinstance(value, list) and value:
+                typer.echo(f"{key}: {', '.join(map(str, value))}")
             elif value not in (None, [], ""):
                 typer.echo(f"{key}: {value}")
 
@@ -238,15 +300,15 @@ def describe(name: str, project: ProjectOpt = Path("."), as_json: JsonOpt = Fals
 @handles_errors
 def lineage(
     name: str,
-    transitive: Annotated[bool, typer.Option(help="Follow edges all the way to sources and models.")] = False,
+    transitive: Annotated[bool, typer.Option("--transitive", help="Follow edges all the way to sources and models.")] = False,
     project: ProjectOpt = Path("."),
     as_json: JsonOpt = False,
 ) -> None:
     """Column-level lineage of a view or training set: what it reads and what reads it."""
     with _store(project) as store:
-        graph = store.service.registry.lineage(name, transitive=transitive)
+        graph = store.lineage(name, transitive=transitive)
         if as_json:
-            _json(graph.to_dict())
+            _json(graph)
             return
 
         def show(edge: Any) -> str:
@@ -270,9 +332,9 @@ def lineage(
 def search(text: str, project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
     """Search views, features and training sets by name, description and tags."""
     with _store(project) as store:
-        hits = store.service.registry.search(text)
+        hits = store.search(text)
         if as_json:
-            _json([h.to_dict() for h in hits])
+            _json(hits)
             return
         if not hits:
             typer.echo(f"nothing matches '{text}'")
@@ -286,7 +348,8 @@ def _parse_time(value: str | None, what: str) -> datetime | None:
     try:
         return datetime.fromisoformat(value)
     except ValueError:
-        raise FsqlError(f"{what} '{value}' is not an ISO timestamp", hint="e.g. 2026-01-31 or 2026-01-31T12:00:00+00:00") from None
+        raise RequestError(f"{what} '{value}' is not an ISO timestamp",
+                           hint="e.g. 2026-01-31 or 2026-01-31T12:00:00+00:00 (naive times are UTC)") from None
 
 
 @app.command()
@@ -294,20 +357,18 @@ def _parse_time(value: str | None, what: str) -> datetime | None:
 def materialize(
     views: Annotated[list[str] | None, typer.Argument(help="Views to materialize (default: all).")] = None,
     full: Annotated[bool, typer.Option("--full", help="Recompute from the start instead of the watermark.")] = False,
-    start: Annotated[str | None, typer.Option(help="Backfill window start (exclusive), ISO time.")] = None,
+    start: Annotated[str | None, typer.Option(help="Backfill window start (exclusive), ISO time; naive is UTC.")] = None,
     end: Annotated[str | None, typer.Option(help="Window end (inclusive), ISO time; default now.")] = None,
     project: ProjectOpt = Path("."),
     as_json: JsonOpt = False,
 ) -> None:
     """Upsert the latest values per entity into the online store (incremental from the watermark)."""
-    import time
-
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    window = {"start": _parse_time(start, "--start"), "end": _parse_time(end, "--end")}
     with _store(project) as store:
-        interactive = sys.stderr.isatty() and not as_json
         began = time.perf_counter()
-        if interactive:
+        if sys.stderr.isatty() and not as_json:
             with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,} rows"),
                           TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), transient=True) as bar:
                 tasks: dict[str, Any] = {}
@@ -321,48 +382,53 @@ def materialize(
                     elapsed = max(time.perf_counter() - began, 1e-9)
                     bar.update(task, rate=f"{done / elapsed:,.0f} rows/s")
 
-                results = store.service.materialize(views or None, full=full, start=_parse_time(start, "--start"),
-                                                    end=_parse_time(end, "--end"), progress=report)
+                results = store.materialize(views or None, full=full, progress=report, **window)
         else:
-            results = store.service.materialize(views or None, full=full, start=_parse_time(start, "--start"),
-                                                end=_parse_time(end, "--end"))
+            results = store.materialize(views or None, full=full, **window)
         if as_json:
-            _json([r.to_dict() for r in results])
+            _json(results)
             return
         total = sum(r.rows for r in results)
         for r in results:
             rate = f"{r.rows / r.seconds:,.0f} rows/s" if r.seconds > 0 else ""
-            window = f"({r.start.isoformat() if r.start else '-inf'}, {r.end.isoformat()}]"
-            typer.echo(f"  {r.view:<28} {r.outcome:<8} {r.rows:>9,} rows  {window}  {rate}")
-        typer.echo(f"materialized {len(results)} views, {total:,} rows in {time.perf_counter() - began:.2f}s")
+            span = f"({r.start.isoformat() if r.start else '-inf'}, {r.end.isoformat()}]"
+            typer.echo(f"  {r.view:<28} {r.outcome:<8} {r.rows:>9,} rows  {span}  {rate}")
+        count = len(results)
+        typer.echo(f"materialized {count} view{'' if count == 1 else 's'}, {total:,} rows "
+                   f"in {time.perf_counter() - began:.2f}s")
 
 
 @app.command()
 @handles_errors
 def get(
     name: Annotated[str, typer.Argument(help="A feature view, training set, or view.feature.")],
-    entity: Annotated[list[str], typer.Option("--entity", "-e", help="key=value; repeat for composite keys or several entities.")],
+    entity: Annotated[list[str], typer.Option("--entity", "-e", metavar="KEY=VALUE", help="key=value; repeat for composite keys or several entities.")],
     project: ProjectOpt = Path("."),
     as_json: JsonOpt = False,
 ) -> None:
-    """Read online values for one or more entities."""
+    """Read online values for one or more entities, each with its status
+    (present, missing, stale, not_materialized). JSON writes non-finite floats as "NaN"/"Infinity"."""
     columns: dict[str, list[str]] = {}
     for item in entity:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise FsqlError(f"invalid --entity '{item}'", hint="write --entity customer_id=42")
+        key, value = _pair(item, "--entity", "customer_id=42")
         columns.setdefault(key, []).append(value)
     with _store(project) as store:
-        rows = store.service.online(name, columns, as_dicts=True)
+        result = store.reader().read(name, columns)
+        rows = result.to_dicts()
         if as_json:
             _json(rows)
             return
+        hints = set()
         for row in rows:
             for key, value in row.items():
                 if not key.endswith("__status"):
                     status = row.get(f"{key}__status")
-                    typer.echo(f"{key:<32} {value!s:<24} {status or ''}")
+                    if status == "not_materialized":
+                        hints.add(key)
+                    typer.echo(f"{key:<32} {_cell(value):<24} {status or ''}")
             typer.echo("")
+        if hints:
+            typer.echo("hint: some values are not materialized yet; run `fsql materialize`", err=True)
 
 
 @app.command("training-set")
@@ -370,16 +436,19 @@ def get(
 def training_set(
     name: Annotated[str, typer.Argument(help="A training set defined in features/.")],
     spine: Annotated[str | None, typer.Option(help="A source name, a SQL query, or a .parquet/.csv file; default: the set's own spine.")] = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output file (.parquet or .csv).")] = Path("training_set.parquet"),
-    pit_mode: Annotated[str, typer.Option(help="known-at (default) or event-time (Feast-compatible).")] = "known-at",
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output file: .parquet, .csv or .jsonl (JSON lines).")] = Path("training_set.parquet"),
+    pit_mode: PitModeOpt = PitModeChoice.known_at,
     project: ProjectOpt = Path("."),
+    variables: VarOpt = None,
 ) -> None:
     """Compute a point-in-time correct training set and write it to a file."""
-    import time
-
     import polars as pl
 
-    with _store(project) as store:
+    fmt = OUTPUT_FORMATS.get(output.suffix.lower())
+    if fmt is None:
+        raise RequestError(f"cannot write '{output}': unknown file type '{output.suffix}'",
+                           hint="use a .parquet, .csv or .jsonl file name")
+    with _store(project, variables) as store:
         spine_data: Any = spine
         if spine and Path(spine).suffix in (".parquet", ".csv") and Path(spine).exists():
             spine_data = pl.read_parquet(spine) if spine.endswith(".parquet") else pl.read_csv(spine, try_parse_dates=True)
@@ -388,12 +457,35 @@ def training_set(
             from rich.console import Console
 
             with Console(stderr=True).status(f"computing training set {name}..."):
-                frame = store.training_set(name, spine=spine_data, pit_mode=pit_mode)  # type: ignore[arg-type]
+                frame = store.training_set(name, spine=spine_data, pit_mode=pit_mode.value)  # type: ignore[arg-type]
         else:
-            frame = store.training_set(name, spine=spine_data, pit_mode=pit_mode)  # type: ignore[arg-type]
+            frame = store.training_set(name, spine=spine_data, pit_mode=pit_mode.value)  # type: ignore[arg-type]
         output.parent.mkdir(parents=True, exist_ok=True)
-        if output.suffix == ".csv":
-            frame.write_csv(output)
-        else:
-            frame.write_parquet(output)
+        {"parquet": frame.write_parquet, "csv": frame.write_csv, "json": frame.write_ndjson}[fmt](output)
         typer.echo(f"wrote {frame.height:,} rows x {frame.width} columns to {output} in {time.perf_counter() - began:.2f}s")
+
+
+@app.command()
+@handles_errors
+def query(
+    sql: Annotated[str, typer.Argument(help="A SELECT over the generated views, e.g. \"SELECT * FROM customer_spend__latest\".")],
+    limit: Annotated[int, typer.Option(help="Rows to print at most (the query itself is not changed).")] = 20,
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Run plain SQL on the warehouse; unqualified names are the generated views and sources."""
+    import polars as pl
+
+    with _store(project) as store:
+        frame = store.query(sql)
+        if as_json:
+            _json(frame.head(limit).to_dicts())
+            return
+        with pl.Config(tbl_rows=limit, tbl_cols=-1, tbl_width_chars=200):
+            typer.echo(frame.head(limit))
+        if frame.height > limit:
+            typer.echo(f"({frame.height:,} rows; showing {limit})")
+
+
+if __name__ == "__main__":
+    app()

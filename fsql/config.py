@@ -19,7 +19,11 @@ from fsql.errors import ConfigError, did_you_mean
 CONFIG_FILE = "fsql.toml"
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-SUPPORTED_DIALECTS = ("duckdb", "postgres", "snowflake", "bigquery", "spark", "trino")
+# The one list of SQL dialects fsql compiles to (feature files may be written in any of them); the
+# compiler holds one capability row per entry.
+SUPPORTED_DIALECTS = (
+    "duckdb", "postgres", "snowflake", "bigquery", "spark", "trino", "redshift", "databricks", "presto", "athena",
+)
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,13 @@ class DuckDBWarehouse:
     path: str = ".fsql/warehouse.duckdb"
     schema: str = "fsql"
     engine: str = "duckdb"
+    # DuckDB's ASOF join needs no index, so training sets read the live views.
+    persists_history = False
+
+    @property
+    def locks_file(self) -> bool:
+        """An open DuckDB file excludes writers in other processes: hold it only during a call."""
+        return self.path != ":memory:"
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,12 @@ class PostgresWarehouse:
     # joins; refreshed by build and materialize); "view": they read the live view (no copy, slower).
     history: str = "table"
     engine: str = "postgres"
+
+    locks_file = False
+
+    @property
+    def persists_history(self) -> bool:
+        return self.history == "table"
 
 
 Warehouse = DuckDBWarehouse | PostgresWarehouse

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
+import pyarrow as pa
+
+from fsql.errors import FsqlError, NotFoundError, RequestError, did_you_mean
+
 PitMode = Literal["known-at", "event-time"]
+PIT_MODES: tuple[PitMode, ...] = ("known-at", "event-time")
 
 
 @dataclass(frozen=True)
@@ -134,3 +140,92 @@ def fingerprint(payload: object) -> str:
     data = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(data.encode()).hexdigest()
 
+
+
+def as_utc(value: datetime) -> datetime:
+    """An aware UTC datetime; naive datetimes are taken as UTC (the documented rule)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def check_pit_mode(mode: str) -> PitMode:
+    if mode not in PIT_MODES:
+        raise RequestError(f"unknown PIT mode '{mode}'", hint="use 'known-at' or 'event-time'")
+    return mode  # type: ignore[return-value]
+
+
+def parse_ref(text: str) -> FeatureRef:
+    """``view.feature`` or ``view.*`` as a FeatureRef."""
+    view, sep, feature = text.partition(".")
+    if not sep or not view or not feature:
+        raise RequestError(f"invalid feature reference '{text}'", hint="write view.feature or view.*")
+    return FeatureRef(view, feature)
+
+
+ErrorFactory = Callable[[str, "str | None"], FsqlError]
+
+
+def _not_found(message: str, hint: str | None) -> FsqlError:
+    return NotFoundError(message, hint=hint)
+
+
+def expand_refs(
+    refs: Sequence[FeatureRef], views: Mapping[str, FeatureView], fail: ErrorFactory = _not_found
+) -> list[FeatureRef]:
+    """References with ``view.*`` expanded, checked against ``views``, duplicates dropped in order.
+
+    ``fail`` makes the error: a located file error when the references come from a training-set file,
+    NotFoundError for a request."""
+    expanded: list[FeatureRef] = []
+    for ref in refs:
+        view = views.get(ref.view)
+        if view is None:
+            raise fail(f"unknown feature view '{ref.view}'", did_you_mean(ref.view, views) or "run `fsql ls`")
+        if ref.feature == "*":
+            expanded.extend(FeatureRef(ref.view, f) for f in view.feature_names)
+        elif ref.feature in view.feature_names:
+            expanded.append(ref)
+        else:
+            raise fail(f"feature view '{ref.view}' has no feature '{ref.feature}'",
+                       did_you_mean(ref.feature, view.feature_names) or f"its features are {', '.join(view.feature_names)}")
+    return list(dict.fromkeys(expanded))
+
+
+def output_names(refs: Sequence[FeatureRef], spine_columns: Sequence[str]) -> dict[FeatureRef, str]:
+    """A feature keeps its own name unless another requested view or a spine column shares it;
+    then it is named ``<view>__<feature>`` (the documented rule)."""
+    counts: dict[str, int] = {}
+    for ref in refs:
+        counts[ref.feature] = counts.get(ref.feature, 0) + 1
+    taken = set(spine_columns)
+    return {ref: ref.feature if counts[ref.feature] == 1 and ref.feature not in taken else f"{ref.view}__{ref.feature}"
+            for ref in refs}
+
+
+def arrow_type(dtype: str) -> pa.DataType:
+    """The Arrow type of a recorded column type (DuckDB spelling), the inverse of ``sql_type``."""
+    upper = dtype.upper()
+    if upper.startswith("DECIMAL"):
+        inner = upper[upper.index("(") + 1 : upper.index(")")] if "(" in upper else "18,3"
+        precision, scale = (int(x) for x in inner.split(","))
+        return pa.decimal128(precision, scale)
+    fixed = {
+        "BOOLEAN": pa.bool_(),
+        "TINYINT": pa.int8(),
+        "SMALLINT": pa.int16(),
+        "INTEGER": pa.int32(),
+        "BIGINT": pa.int64(),
+        "HUGEINT": pa.float64(),
+        "UTINYINT": pa.uint8(),
+        "USMALLINT": pa.uint16(),
+        "UINTEGER": pa.uint32(),
+        "UBIGINT": pa.uint64(),
+        "FLOAT": pa.float32(),
+        "DOUBLE": pa.float64(),
+        "DATE": pa.date32(),
+        "TIME": pa.time64("us"),
+        "VARCHAR": pa.string(),
+        "BLOB": pa.binary(),
+        "TIMESTAMP": pa.timestamp("us"),
+        "TIMESTAMP WITH TIME ZONE": pa.timestamp("us", tz="UTC"),
+    }
+    return fixed.get(upper, pa.string())

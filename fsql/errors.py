@@ -15,7 +15,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 
 class FsqlError(Exception):
-    """Base of every error fsql raises on purpose."""
+    """Base of every error fsql raises on purpose.
+
+    ``status`` is the HTTP status a server answers with; it comes from the class (bad input 400, not
+    found 404, conflict 409, unavailable 503, internal 500), so no caller ever parses a message.
+    """
+
+    status: int = 500
 
     def __init__(
         self,
@@ -55,11 +61,50 @@ class FsqlError(Exception):
         }
 
 
-class ConfigError(FsqlError):
+# The five families a server maps to a status. Concrete errors below derive from exactly one of them
+# (the "unavailable" variants also derive from their component's error, so `except EngineError` still
+# catches an unreachable warehouse).
+
+
+class BadInputError(FsqlError):
+    """What the user wrote or sent is wrong: a file, the config, a request, a query."""
+
+    status = 400
+
+
+class NotFoundError(FsqlError):
+    """A named object (view, training set, feature, entity, model, run) does not exist."""
+
+    status = 404
+
+
+class ConflictError(FsqlError):
+    """The request is valid but the project's state refuses it: not built yet, breaking, busy."""
+
+    status = 409
+
+
+class UnavailableError(FsqlError):
+    """A server fsql depends on (warehouse, registry, online store) cannot be reached."""
+
+    status = 503
+
+
+class InternalError(FsqlError):
+    """A component failed in a way the user's input does not explain."""
+
+    status = 500
+
+
+class ConfigError(BadInputError):
     """fsql.toml is missing, malformed, or names something that does not exist."""
 
 
-class FeatureFileError(FsqlError):
+class MissingDependencyError(ConfigError):
+    """An optional package the configuration needs is not installed."""
+
+
+class FeatureFileError(BadInputError):
     """A feature or training-set file is malformed: header, Jinja, SQL or columns."""
 
 
@@ -67,28 +112,57 @@ class ResolutionError(FeatureFileError):
     """A name in a query does not resolve to a source or view, or the view graph has a cycle."""
 
 
-class CompileError(FsqlError):
+class CompileError(BadInputError):
     """A definition cannot be compiled for the target dialect with the same semantics."""
 
 
-class EngineError(FsqlError):
-    """The warehouse engine failed or is unreachable."""
+class RequestError(BadInputError):
+    """A call's arguments are wrong: entity keys, feature references, a spine, an option."""
 
 
-class RegistryError(FsqlError):
-    """The registry database failed or is unreachable."""
+class QueryError(BadInputError):
+    """SQL given by the user (a query, a spine) failed on the warehouse."""
 
 
-class OnlineStoreError(FsqlError):
-    """The online store failed or is unreachable."""
+class NotBuiltError(ConflictError):
+    """The registry holds nothing yet, or not what the call needs: run `fsql build`."""
+
+
+class ContentionError(ConflictError):
+    """Another build or materialization holds the lock this call needs."""
+
+
+class EngineError(InternalError):
+    """The warehouse engine failed."""
+
+
+class EngineUnavailableError(UnavailableError, EngineError):
+    """The warehouse cannot be reached or opened."""
+
+
+class RegistryError(InternalError):
+    """The registry database failed."""
+
+
+class RegistryUnavailableError(UnavailableError, RegistryError):
+    """The registry database cannot be reached or opened."""
+
+
+class OnlineStoreError(InternalError):
+    """The online store failed."""
+
+
+class OnlineStoreUnavailableError(UnavailableError, OnlineStoreError):
+    """The online store cannot be reached."""
 
 
 class MaterializationError(FsqlError):
-    """A materialization run failed; its watermark did not advance."""
+    """A materialization run failed; its watermark did not advance. Its status is its cause's."""
 
-
-class NotFoundError(FsqlError):
-    """A named object (view, training set, feature, entity) does not exist."""
+    def __init__(self, message: str, *, cause: FsqlError | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.cause = cause
+        self.status = cause.status if cause is not None else InternalError.status
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:

@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from fsql.cli import app
-from fsql.service import Service
 from tests.conftest import POSTGRES_URL
 from tests.projects import example_project, registry_dump, warehouse_dump
+from tests.service_adapter import Service
 
 runner = CliRunner()
 EXAMPLE_VIEWS = ["customer_merchant_stats", "customer_profile", "customer_spend", "customer_value", "order_amount_usd"]
@@ -26,7 +26,7 @@ def project(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_build_creates_views_with_expected_rows(project: Path) -> None:
     result = runner.invoke(app, ["build", "-p", str(project)])
     assert result.exit_code == 0, result.output
-    assert "built 5 feature views and 1 training sets" in result.output
+    assert "built 5 feature views and 1 training set (" in result.output
     con = duckdb.connect(str(project / ".fsql" / "warehouse.duckdb"), read_only=True)
     orders = con.execute(f"SELECT count(*) FROM read_parquet('{project / 'data' / 'orders.parquet'}')").fetchone()[0]
     customers = con.execute(f"SELECT count(*) FROM read_parquet('{project / 'data' / 'customers.parquet'}')").fetchone()[0]

@@ -37,7 +37,7 @@ from conftest import POSTGRES_URL, REDIS_URL
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fsql.service import Service
+from tests.service_adapter import Service
 
 TS = pa.timestamp("us", tz="UTC")
 END1 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

@@ -14,6 +14,7 @@ from typing import Literal
 import sqlglot
 from sqlglot import exp
 
+from fsql.config import SUPPORTED_DIALECTS
 from fsql.errors import CompileError, did_you_mean
 
 # How the PIT join finds the winning row of each spine row (see fsql.compiler.pit):
@@ -107,7 +108,8 @@ _CAPABILITIES: dict[str, Capabilities] = {
     )
 }
 
-SUPPORTED_DIALECTS: tuple[str, ...] = tuple(_CAPABILITIES)
+if set(_CAPABILITIES) != set(SUPPORTED_DIALECTS):  # pragma: no cover - a programming error
+    raise ImportError("fsql.config.SUPPORTED_DIALECTS and the compiler's capability rows disagree")
 
 
 def capabilities(dialect: str) -> Capabilities:

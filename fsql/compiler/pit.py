@@ -97,7 +97,7 @@ from fsql.compiler.dialects import (
     natural_order,
     value_sort_keys,
 )
-from fsql.definitions import PitMode
+from fsql.definitions import FeatureView, PitMode
 from fsql.errors import CompileError
 
 
@@ -128,6 +128,43 @@ class PitView:
 
 
 # --- public API --------------------------------------------------------------------------------
+
+
+def pit_view_of(
+    view: FeatureView,
+    relation: exp.Expression,
+    *,
+    features: Sequence[tuple[str, str]] | None = None,
+    indexed: bool = False,
+) -> PitView:
+    """The PIT compiler's view of a registered feature view read from ``relation``."""
+    return PitView(
+        name=view.name,
+        relation=relation,
+        keys=view.entity_keys,
+        timestamp=view.timestamp,
+        created=view.created,
+        ttl=view.ttl,
+        features=tuple(features if features is not None else [(f, f) for f in view.feature_names]),
+        value_columns=tuple((c.name, c.dtype) for c in view.features),
+        indexed=indexed,
+    )
+
+
+def eligible_time(view: PitView, alias: str | None = None, mode: PitMode = "known-at") -> exp.Expression:
+    """When a row becomes a candidate (ignoring the TTL): its event time, or in known-at mode the
+    later of its event time and its created time (NULL created = known since the event).
+
+    The one definition of eligibility: the PIT plans match on it and materialization windows select
+    rows by it, so a row is served online exactly when a training set at that time could see it."""
+    ts = exp.column(view.timestamp, alias, quoted=True)
+    if view.created is None or mode == "event-time":
+        return ts
+    # CASE rather than GREATEST: engines disagree on GREATEST with a NULL argument
+    created = exp.column(view.created, alias, quoted=True)
+    later = exp.GT(this=created, expression=ts)
+    return exp.Case(ifs=[exp.If(this=later, true=created.copy())], default=ts.copy())
+
 
 
 def compile_pit(
@@ -463,15 +500,7 @@ def _probe_points(probe: _Probe, source: exp.Expression) -> exp.Select:
 
 
 def _match_time(view: PitView, h: str, mode: PitMode) -> exp.Expression:
-    """When a row becomes a candidate (ignoring the TTL): its event time, or in known-at mode the
-    later of its event time and its created time (NULL created = known since the event)."""
-    ts = exp.column(view.timestamp, h, quoted=True)
-    if view.created is None or mode == "event-time":
-        return ts
-    # CASE rather than GREATEST: engines disagree on GREATEST with a NULL argument
-    created = exp.column(view.created, h, quoted=True)
-    later = exp.GT(this=created, expression=ts)
-    return exp.Case(ifs=[exp.If(this=later, true=created.copy())], default=ts.copy())
+    return eligible_time(view, h, mode)
 
 
 def _asof_join(

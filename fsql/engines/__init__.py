@@ -5,19 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from fsql.config import DuckDBWarehouse, PostgresWarehouse, Warehouse
-from fsql.engines.base import Engine, view_table
+from fsql.engines.base import Engine, history_name, view_table
 
 
-def open_engine(warehouse: Warehouse, root: Path) -> Engine:
+def open_engine(warehouse: Warehouse, root: Path, *, read_only: bool = False) -> Engine:
+    """The warehouse engine; ``read_only`` where the engine has such a mode (a DuckDB file)."""
     if isinstance(warehouse, PostgresWarehouse):
         from fsql.engines.postgres import PostgresEngine
 
-        return PostgresEngine(warehouse.url, warehouse.schema, root)
+        return PostgresEngine(warehouse.url, warehouse.schema, root, history=warehouse.history)
     assert isinstance(warehouse, DuckDBWarehouse)
     from fsql.engines.duckdb import DuckDBEngine
 
     path = warehouse.path if warehouse.path == ":memory:" else str(root / warehouse.path)
-    return DuckDBEngine(path, warehouse.schema, root)
+    return DuckDBEngine(path, warehouse.schema, root, read_only=read_only)
 
 
-__all__ = ["Engine", "open_engine", "view_table"]
+__all__ = ["Engine", "history_name", "open_engine", "view_table"]

@@ -38,17 +38,17 @@ _ARROW_TO_SQL = [
 ]
 
 
-def sql_type(arrow_type: pa.DataType) -> str:
-    if pa.types.is_timestamp(arrow_type):
-        return "TIMESTAMP WITH TIME ZONE" if arrow_type.tz else "TIMESTAMP"
-    if pa.types.is_decimal(arrow_type):
-        return f"DECIMAL({arrow_type.precision},{arrow_type.scale})"
+def sql_type(data_type: pa.DataType) -> str:
+    if pa.types.is_timestamp(data_type):
+        return "TIMESTAMP WITH TIME ZONE" if data_type.tz else "TIMESTAMP"
+    if pa.types.is_decimal(data_type):
+        return f"DECIMAL({data_type.precision},{data_type.scale})"
     for check, name in _ARROW_TO_SQL:
-        if check(arrow_type):
+        if check(data_type):
             return name
-    if pa.types.is_dictionary(arrow_type):
-        return sql_type(arrow_type.value_type)
-    return str(arrow_type).upper()
+    if pa.types.is_dictionary(data_type):
+        return sql_type(data_type.value_type)
+    return str(data_type).upper()
 
 
 def columns_of(schema: pa.Schema) -> list[Column]:
@@ -56,8 +56,13 @@ def columns_of(schema: pa.Schema) -> list[Column]:
 
 
 class Engine(Protocol):
+    """A warehouse: runs compiled SQL and owns its DDL. Engine differences are attributes here
+    (``persists_history``), never ``isinstance`` checks in the layers above."""
+
     dialect: str
     schema: str
+    # keeps an indexed copy of each view's history (`<view>__history`) for fast PIT joins
+    persists_history: bool
 
     def transaction(self) -> AbstractContextManager[None]: ...
 
@@ -85,38 +90,24 @@ class Engine(Protocol):
 
     def list_relations(self, schema: str) -> dict[str, str]: ...
 
+    # DDL in the engine's schema -------------------------------------------------------------------
+    def ensure_schema(self) -> None: ...
+
+    def replace_view(self, name: str, body: str) -> None:
+        """Create or replace the view ``name`` over ``body`` (SQL in the engine's dialect)."""
+
+    def drop_relation(self, name: str) -> None:
+        """Drop the view or table ``name`` if it exists (and, where the engine needs it, what reads it)."""
+
+    def refresh_history(self, name: str, index: exp.Expression | None, *, recreate: bool) -> None:
+        """Rewrite ``<name>__history`` from the view ``name`` (engines with ``persists_history``)."""
+
     def close(self) -> None: ...
+
+
+def history_name(view: str) -> str:
+    return f"{view}__history"
 
 
 def view_table(schema: str, name: str) -> exp.Table:
     return exp.table_(name, db=schema, quoted=True)
-
-
-def arrow_type(dtype: str) -> pa.DataType:
-    """The Arrow type of a recorded column type (DuckDB spelling), the inverse of ``sql_type``."""
-    upper = dtype.upper()
-    if upper.startswith("DECIMAL"):
-        inner = upper[upper.index("(") + 1 : upper.index(")")] if "(" in upper else "18,3"
-        precision, scale = (int(x) for x in inner.split(","))
-        return pa.decimal128(precision, scale)
-    fixed = {
-        "BOOLEAN": pa.bool_(),
-        "TINYINT": pa.int8(),
-        "SMALLINT": pa.int16(),
-        "INTEGER": pa.int32(),
-        "BIGINT": pa.int64(),
-        "HUGEINT": pa.float64(),
-        "UTINYINT": pa.uint8(),
-        "USMALLINT": pa.uint16(),
-        "UINTEGER": pa.uint32(),
-        "UBIGINT": pa.uint64(),
-        "FLOAT": pa.float32(),
-        "DOUBLE": pa.float64(),
-        "DATE": pa.date32(),
-        "TIME": pa.time64("us"),
-        "VARCHAR": pa.string(),
-        "BLOB": pa.binary(),
-        "TIMESTAMP": pa.timestamp("us"),
-        "TIMESTAMP WITH TIME ZONE": pa.timestamp("us", tz="UTC"),
-    }
-    return fixed.get(upper, pa.string())

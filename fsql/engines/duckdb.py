@@ -13,25 +13,31 @@ from sqlglot import exp
 
 from fsql.config import SourceConfig
 from fsql.definitions import Column
-from fsql.engines.base import columns_of
-from fsql.errors import EngineError
+from fsql.engines.base import columns_of, view_table
+from fsql.errors import EngineError, EngineUnavailableError
 
 
 class DuckDBEngine:
     dialect = "duckdb"
+    # DuckDB's ASOF join needs no index: training sets read the live views.
+    persists_history = False
 
-    def __init__(self, path: str | Path | None, schema: str, root: Path) -> None:
+    def __init__(self, path: str | Path | None, schema: str, root: Path, *, read_only: bool = False) -> None:
         self.schema = schema
         self.root = root
         self.path = str(path) if path else ":memory:"
-        if path and self.path != ":memory:":
+        in_file = self.path != ":memory:"
+        # Read-only connections of several processes coexist (a notebook and a terminal); a file that
+        # does not exist yet can only be created by a writer.
+        read_only = read_only and in_file and Path(self.path).exists()
+        if in_file and not read_only:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.con = duckdb.connect(self.path)
+            self.con = duckdb.connect(self.path, read_only=read_only)
         except duckdb.Error as e:
-            raise EngineError(
-                f"cannot open the DuckDB warehouse {path}: {e}",
-                hint="another process may hold it open; close it and retry",
+            raise EngineUnavailableError(
+                f"cannot open the DuckDB warehouse {path}: {str(e).splitlines()[0]}",
+                hint="another process is writing to it (a build?); retry when it is done",
             ) from None
         self.con.execute("SET TimeZone = 'UTC'")
         self._depth = 0
@@ -128,6 +134,25 @@ class DuckDBEngine:
             "SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = ?", [schema]
         ).fetchall()
         return {name: kind for name, kind in rows}
+
+    def _qualified(self, name: str) -> str:
+        return view_table(self.schema, name).sql(dialect=self.dialect)
+
+    def ensure_schema(self) -> None:
+        self.execute(exp.Create(this=exp.to_identifier(self.schema, quoted=True), kind="SCHEMA", exists=True)
+                     .sql(dialect=self.dialect))
+
+    def replace_view(self, name: str, body: str) -> None:
+        self.execute(f"CREATE OR REPLACE VIEW {self._qualified(name)} AS {body}")
+
+    def drop_relation(self, name: str) -> None:
+        kind = self.list_relations(self.schema).get(name)
+        if kind is not None:
+            what = "VIEW" if "VIEW" in kind.upper() else "TABLE"
+            self.execute(f"DROP {what} IF EXISTS {self._qualified(name)}")
+
+    def refresh_history(self, name: str, index: exp.Expression | None, *, recreate: bool) -> None:
+        raise EngineError("DuckDB keeps no persisted view history")  # callers check persists_history
 
     def close(self) -> None:
         self.con.close()

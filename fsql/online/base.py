@@ -24,6 +24,8 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
+from fsql.definitions import FeatureView, arrow_type
+
 EVENT_TS = "__fsql_event_ts"
 CREATED = "__fsql_created"
 
@@ -91,3 +93,15 @@ class OnlineStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def online_table_of(view: FeatureView) -> OnlineTable:
+    """The online keyspace of a registered feature view's current version."""
+    return OnlineTable(
+        view=view.name,
+        version=view.version,
+        entity_keys=view.entity_keys,
+        features=view.feature_names,
+        feature_types=tuple(arrow_type(c.dtype) for c in view.features),
+        ttl=view.ttl,
+    )

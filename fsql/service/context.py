@@ -1,0 +1,206 @@
+"""The configuration plus the resources a use case needs, opened lazily.
+
+This is the only module that knows which concrete engine, online store and registry to open: the use
+cases (build, offline, materialize, online, predict) ask the context and never import each other.
+Read-only commands open nothing they do not use: `fsql ls` never opens the warehouse, an online read
+never opens it either.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlglot import exp
+
+from fsql.compiler import pit
+from fsql.compiler.views import resolve_names, to_dialect
+from fsql.config import Config, RedisOnline, load_config
+from fsql.definitions import FeatureRef, FeatureView, PitMode, TrainingSet, output_names
+from fsql.engines import Engine, history_name, open_engine, view_table
+from fsql.errors import NotBuiltError
+from fsql.online import OnlineStore, open_online_store
+from fsql.parsing.project import ParsedFile
+from fsql.registry import Registry
+
+RelationFor = Callable[[str], exp.Expression]
+
+
+@dataclass(frozen=True)
+class Definitions:
+    """The registered definitions (the manifest) as the last successful build left them."""
+
+    views: dict[str, FeatureView]
+    training_sets: dict[str, TrainingSet]
+
+    def require_built(self) -> Definitions:
+        if not self.views:
+            raise NotBuiltError("the registry holds no feature views", hint="run `fsql build` first")
+        return self
+
+
+class Context:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._engine: Engine | None = None
+        self._registry: Registry | None = None
+        self._online: OnlineStore | None = None
+        self._definitions: tuple[float, Definitions] | None = None
+        self._engine_writes = False
+
+    @classmethod
+    def open(cls, root: str | Path = ".", overrides: dict[str, dict[str, Any]] | None = None) -> Context:
+        return cls(load_config(root, overrides))
+
+    # Resources ---------------------------------------------------------------------------------------
+    @property
+    def engine(self) -> Engine:
+        """The warehouse, opened for writing if no call opened it (see ``warehouse``)."""
+        if self._engine is None:
+            self._engine = open_engine(self.config.warehouse, self.config.root)
+            self._engine_writes = True
+        return self._engine
+
+    @contextmanager
+    def warehouse(self, *, write: bool) -> Iterator[Engine]:
+        """The warehouse for one call. A DuckDB file is held only while the call runs, and read-only
+        when the call only reads, so a notebook's Store and a terminal's `fsql` work side by side."""
+        if self._engine is not None and (self._engine_writes or not write):
+            yield self._engine  # a call inside a call, or a long-lived connection (PostgreSQL)
+            return
+        self.close_engine()
+        self._engine = open_engine(self.config.warehouse, self.config.root, read_only=not write)
+        self._engine_writes = write
+        try:
+            yield self._engine
+        finally:
+            if self.config.warehouse.locks_file:
+                self.close_engine()
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            self._registry = Registry.open(self.config.registry.url, base_dir=self.config.root)
+        return self._registry
+
+    @property
+    def online_store(self) -> OnlineStore:
+        if self._online is None:
+            cfg = self.config.online
+            if isinstance(cfg, RedisOnline):
+                self._online = open_online_store("redis", url=cfg.url, prefix=cfg.prefix)
+            else:
+                path = cfg.path if cfg.path == ":memory:" else str(self.config.resolve(cfg.path))
+                self._online = open_online_store("sqlite", path=path, prefix=self.config.name)
+        return self._online
+
+    def close_engine(self) -> None:
+        """Release the warehouse (a DuckDB file is locked while open) without closing the rest."""
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+    def close(self) -> None:
+        self.close_engine()
+        if self._online is not None:
+            self._online.close()
+        if self._registry is not None:
+            self._registry.close()
+        self._registry = self._online = None
+
+    # Definitions as registered -----------------------------------------------------------------------
+    def definitions(self, max_age: float = 0.0) -> Definitions:
+        """The registered definitions; ``max_age`` (seconds) lets a hot path reuse a recent read.
+
+        Reading the registry costs milliseconds, ten times a Redis round trip. A build through this
+        context invalidates the cache; a build elsewhere becomes visible within ``max_age`` seconds.
+        """
+        cached = self._definitions
+        if cached is not None and max_age > 0 and time.monotonic() - cached[0] <= max_age:
+            return cached[1]
+        snapshot = self.registry.snapshot()
+        definitions = Definitions(dict(snapshot.view_definitions), dict(snapshot.training_set_definitions))
+        self._definitions = (time.monotonic(), definitions)
+        return definitions
+
+    def invalidate(self) -> None:
+        self._definitions = None
+
+    # How names resolve on the warehouse ---------------------------------------------------------------
+    @property
+    def engine_dialect(self) -> str:
+        return self.config.warehouse.engine
+
+    def relation_for(self, dialect: str) -> RelationFor:
+        """How a source or view name is read on an engine of ``dialect``."""
+        schema = self.config.warehouse.schema
+
+        def relation(name: str) -> exp.Expression:
+            source = self.config.sources.get(name)
+            if source is None:
+                return view_table(schema, name)
+            if dialect == self.engine_dialect:
+                return self.engine.source_relation(source)
+            return exp.to_table(source.table, dialect=dialect) if source.table else exp.table_(name, quoted=False)
+
+        return relation
+
+    def compile_body(self, parsed: ParsedFile, dialect: str, *, pretty: bool = False) -> str:
+        names = set(self.config.sources) | set(parsed.references)
+        resolved = resolve_names(parsed.query, names, self.relation_for(dialect))
+        return to_dialect(resolved, parsed.dialect, dialect, pretty=pretty, path=parsed.path, line=parsed.line)
+
+    def pit_view(
+        self,
+        view: FeatureView,
+        features: list[tuple[str, str]] | None = None,
+        *,
+        relation: exp.Expression | None = None,
+        history: bool = False,
+    ) -> pit.PitView:
+        """The PIT compiler's view of ``view``: the live generated view by default, or (``history``)
+        the persisted indexed copy where the warehouse keeps one."""
+        schema = self.config.warehouse.schema
+        indexed = history and relation is None and self.persists_history
+        if relation is None:
+            relation = view_table(schema, history_name(view.name) if indexed else view.name)
+        return pit.pit_view_of(view, relation, features=features, indexed=indexed)
+
+    @property
+    def persists_history(self) -> bool:
+        # Read from the config so that compiling for PostgreSQL never has to connect to it.
+        return self.config.warehouse.persists_history
+
+    def pit_query(
+        self,
+        spine: exp.Expression,
+        spine_columns: Sequence[str],
+        timestamp: str,
+        refs: Sequence[FeatureRef],
+        views: Mapping[str, FeatureView],
+        *,
+        dialect: str,
+        mode: PitMode,
+        ordinal: str | None = None,
+    ) -> exp.Query:
+        """The point-in-time join of ``refs`` onto ``spine``, reading each view's history."""
+        outputs = output_names(refs, spine_columns)
+        by_view: dict[str, list[tuple[str, str]]] = {}
+        for ref in refs:
+            by_view.setdefault(ref.view, []).append((ref.feature, outputs[ref]))
+        pit_views = [self.pit_view(views[name], features, history=True) for name, features in by_view.items()]
+        return pit.compile_pit(spine, list(spine_columns), timestamp, pit_views, dialect=dialect, mode=mode,
+                               ordinal=ordinal)
+
+    def refresh_history(self, view: FeatureView, *, recreate: bool = False) -> None:
+        """Rewrite the persisted history of ``view`` (where the warehouse keeps one) with its index."""
+        if not self.persists_history:
+            return
+        engine = self.engine
+        table = view_table(self.config.warehouse.schema, history_name(view.name))
+        engine.refresh_history(view.name, pit.offline_index(self.pit_view(view), table, engine.dialect),
+                               recreate=recreate)

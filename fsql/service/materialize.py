@@ -1,0 +1,197 @@
+"""Materialization: the only writer of the online store.
+
+Per view, the latest row per entity among rows that became eligible since the view version's watermark
+is computed inside the engine, streamed as Arrow batches and upserted newer-wins. A failed run moves no
+watermark; re-running converges.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+from sqlglot import exp
+
+from fsql.compiler import pit
+from fsql.definitions import FeatureView, arrow_type, as_utc
+from fsql.engines import view_table
+from fsql.errors import (
+    FsqlError,
+    MaterializationError,
+    NotFoundError,
+    OnlineStoreError,
+    did_you_mean,
+)
+from fsql.online import CREATED, EVENT_TS, OnlineTable
+from fsql.online.base import online_table_of
+from fsql.service.context import Context
+
+RowProgress = Callable[[str, int], None]
+
+
+@dataclass
+class RunResult:
+    view: str
+    version: str
+    start: datetime | None
+    end: datetime
+    rows: int
+    seconds: float
+    outcome: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"view": self.view, "version": self.version, "start": self.start, "end": self.end,
+                "rows": self.rows, "seconds": round(self.seconds, 3), "outcome": self.outcome}
+
+
+def materialize(
+    ctx: Context,
+    names: Sequence[str] | None = None,
+    *,
+    full: bool = False,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    progress: RowProgress | None = None,
+    batch_size: int = 50_000,
+) -> list[RunResult]:
+    """Upsert the latest row per entity of each view into the online store, newer-wins.
+
+    Incremental by default: only rows that became eligible (event time reached and, with
+    ``@created``, known) since the view version's watermark. ``full`` recomputes from the start;
+    ``start``/``end`` backfill a window (newer stored values are never overwritten).
+    """
+    views = ctx.definitions().require_built().views
+    selected = list(names) if names else list(views)
+    for name in selected:
+        if name not in views:
+            raise NotFoundError(f"no feature view named '{name}'", hint=did_you_mean(name, views) or "run `fsql ls`")
+    run_end = as_utc(end) if end else datetime.now(UTC)
+    run_start = as_utc(start) if start else None
+    return [_materialize_view(ctx, views[name], full=full, start=run_start, end=run_end, progress=progress,
+                              batch_size=batch_size)
+            for name in selected]
+
+
+def _materialize_view(ctx: Context, view: FeatureView, *, full: bool, start: datetime | None, end: datetime,
+                      progress: RowProgress | None, batch_size: int) -> RunResult:
+    registry, engine, store = ctx.registry, ctx.engine, ctx.online_store
+    table = online_table_of(view)
+    watermark = registry.watermark(view.name, view.version)
+    window_start = start if start is not None else (None if full else watermark)
+    if start is None and window_start is not None and not store.has_marker(table):
+        # The store lost this version's data since the last run (Redis restarted without
+        # persistence, a deleted file): an incremental run would leave holes, so recompute all.
+        window_start = None
+    if window_start is not None and window_start >= end:
+        return RunResult(view.name, view.version, window_start, end, 0, 0.0, "skipped")
+    # A backfill of an old window must not move the watermark past rows it never looked at.
+    advances = start is None or (watermark is not None and start <= watermark)
+    run_id = registry.start_run(view.name, view.version, window_start, end)
+    began = time.perf_counter()
+    try:
+        # Training sets on an engine with a persisted history read it: refresh it with the same
+        # data this run serves online, so offline and online agree.
+        ctx.refresh_history(view)
+    except FsqlError as e:
+        registry.finish_run(run_id, rows=0, outcome="failed", error=str(e))
+        raise MaterializationError(f"refreshing the history of '{view.name}' failed: {e}", cause=e) from e
+    rows = 0
+    schema = _online_schema(view, table)
+    try:
+        # Redis without persistence loses every key when it restarts, and the client reconnects
+        # transparently: a run that spans a restart must fail, not advance the watermark.
+        instance = store.instance_id()
+        sql, params = _latest_sql(ctx, view, window_start, end)
+        for batch in engine.batches(sql, params, batch_size=batch_size):
+            batch = _online_batch(batch, view, schema)
+            store.write_batch(table, batch)
+            rows += batch.num_rows
+            if progress:
+                progress(view.name, batch.num_rows)
+        if store.instance_id() != instance:
+            raise OnlineStoreError(
+                "the online store's server restarted during the run, so rows written before the restart "
+                "may be lost",
+                hint="if it lost data written by earlier runs too, run `fsql materialize --full`",
+            )
+    except FsqlError as e:
+        registry.finish_run(run_id, rows=rows, outcome="failed", error=str(e))
+        raise MaterializationError(
+            f"materializing '{view.name}' failed after {rows} rows: {e}",
+            cause=e,
+            hint="the watermark did not advance; fix the cause and run `fsql materialize` again",
+        ) from e
+    except BaseException as e:
+        registry.finish_run(run_id, rows=rows, outcome="failed", error=f"{type(e).__name__}: {e}")
+        raise
+    duration = time.perf_counter() - began
+    if advances:
+        store.set_marker(table)
+    registry.finish_run(run_id, rows=rows, outcome="success", watermark=end if advances else None)
+    return RunResult(view.name, view.version, window_start, end, rows, duration, "success")
+
+
+def _online_schema(view: FeatureView, table: OnlineTable) -> pa.Schema:
+    def key_type(column: str) -> pa.DataType:
+        found = view.column(column)
+        return arrow_type(found.dtype) if found else pa.string()
+
+    return pa.schema(
+        [pa.field(k, key_type(k)) for k in view.entity_keys]
+        + [pa.field(EVENT_TS, pa.timestamp("us", tz="UTC")), pa.field(CREATED, pa.timestamp("us", tz="UTC"))]
+        + [pa.field(f, t) for f, t in zip(table.features, table.feature_types, strict=True)]
+    )
+
+
+def _latest_sql(ctx: Context, view: FeatureView, start: datetime | None, end: datetime) -> tuple[str, list[Any]]:
+    """Latest row per entity among rows that became eligible in (start, end], as parameters."""
+    dialect = ctx.engine.dialect
+    ts = exp.column(view.timestamp, quoted=True)
+    eligible = pit.eligible_time(ctx.pit_view(view))
+    params: list[Any] = []
+
+    def param(value: datetime) -> exp.Expression:
+        params.append(value)
+        return exp.cast(exp.Parameter(this=exp.Literal.number(len(params))), exp.DataType.build("timestamptz"))
+
+    condition: exp.Expression = exp.LTE(this=eligible.copy(), expression=param(end))
+    if start is not None:
+        condition = exp.and_(exp.GT(this=eligible.copy(), expression=param(start)), condition)
+    # Only rows at their entity's greatest event time can win (the tie order starts with event_ts):
+    # dropping the others first spares the full tie-order sort most rows (3-4x faster on DuckDB).
+    best = exp.to_identifier("__fsql_best_ts", quoted=True)
+    window = (
+        exp.select("*").from_(view_table(ctx.config.warehouse.schema, view.name)).where(condition)
+        .select(exp.alias_(exp.Window(this=exp.Max(this=ts.copy()),
+                                      partition_by=[exp.column(k, quoted=True) for k in view.entity_keys]), best))
+    )
+    relation = exp.Subquery(
+        this=exp.select("*").from_(window.subquery("__fsql_eligible"))
+        .where(exp.EQ(this=ts.copy(), expression=exp.column(best.copy()))),
+        alias=exp.TableAlias(this=exp.to_identifier("__fsql_window")),
+    )
+    query = pit.latest_per_entity(ctx.pit_view(view, relation=relation), dialect=dialect,
+                                  as_of=param(end), apply_ttl=False)
+    return query.sql(dialect=dialect), params
+
+
+def _online_batch(batch: pa.RecordBatch, view: FeatureView, schema: pa.Schema) -> pa.RecordBatch:
+    """The engine's latest rows renamed and cast to what the online store expects."""
+    arrays = []
+    for field_ in schema:
+        source = {EVENT_TS: view.timestamp, CREATED: view.created}.get(field_.name, field_.name)
+        if source is None:
+            arrays.append(pa.nulls(batch.num_rows, field_.type))
+            continue
+        column = batch.column(batch.schema.get_field_index(source))
+        if pa.types.is_timestamp(field_.type) and pa.types.is_timestamp(column.type) and column.type.tz is None \
+                and field_.type.tz is not None:
+            column = column.cast(pa.timestamp("us")).cast(field_.type)  # naive timestamps are UTC
+        elif pa.types.is_date(column.type) and pa.types.is_timestamp(field_.type):
+            column = column.cast(pa.timestamp("us")).cast(field_.type)
+        arrays.append(column.cast(field_.type) if column.type != field_.type else column)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
