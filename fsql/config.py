@@ -1,8 +1,9 @@
-"""fsql.toml → typed configuration.
+"""fsql.toml → typed configuration, with every default in this module.
 
 The warehouse, online store and registry are tagged variants: the tag (``engine`` / ``store``) picks
 the dataclass, so code downstream matches on the type instead of checking strings. Secrets come from
 environment variables written as ``${VAR}`` (or ``${VAR:-default}``); they are never stored in the file.
+This module imports nothing from fsql but its errors.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +21,20 @@ from fsql.errors import ConfigError, did_you_mean
 CONFIG_FILE = "fsql.toml"
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_REGISTRY_URL = "sqlite:///.fsql/registry.db"
+DEFAULT_ONLINE_PATH = ".fsql/online.db"
+DEFAULT_WAREHOUSE_PATH = ".fsql/warehouse.duckdb"
 # The one list of SQL dialects fsql compiles to (feature files may be written in any of them); the
 # compiler holds one capability row per entry.
 SUPPORTED_DIALECTS = (
     "duckdb", "postgres", "snowflake", "bigquery", "spark", "trino", "redshift", "databricks", "presto", "athena",
 )
+MODEL_KINDS = ("onnx", "sklearn", "python")
 
 
 @dataclass(frozen=True)
 class DuckDBWarehouse:
-    path: str = ".fsql/warehouse.duckdb"
+    path: str = DEFAULT_WAREHOUSE_PATH
     schema: str = "fsql"
     engine: str = "duckdb"
     # DuckDB's ASOF join needs no index, so training sets read the live views.
@@ -48,7 +54,6 @@ class PostgresWarehouse:
     # joins; refreshed by build and materialize); "view": they read the live view (no copy, slower).
     history: str = "table"
     engine: str = "postgres"
-
     locks_file = False
 
     @property
@@ -61,7 +66,7 @@ Warehouse = DuckDBWarehouse | PostgresWarehouse
 
 @dataclass(frozen=True)
 class SqliteOnline:
-    path: str = ".fsql/online.db"
+    path: str = DEFAULT_ONLINE_PATH
     store: str = "sqlite"
 
 
@@ -77,7 +82,7 @@ Online = SqliteOnline | RedisOnline
 
 @dataclass(frozen=True)
 class RegistryConfig:
-    url: str = "sqlite:///.fsql/registry.db"
+    url: str = DEFAULT_REGISTRY_URL
 
 
 @dataclass(frozen=True)
@@ -99,11 +104,19 @@ class SourceConfig:
 
 
 @dataclass(frozen=True)
+class Batching:
+    max_batch: int = 64
+    max_wait_ms: float = 2.0
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str
     training_set: str
-    path: str | None
-    entry_point: str | None
+    kind: str  # one of MODEL_KINDS
+    path: str | None  # model file (onnx, sklearn), project-relative
+    entry_point: str | None  # module:function (python)
+    batching: Batching
     line: int
 
 
@@ -132,6 +145,7 @@ class Config:
         return p if p.is_absolute() else self.root / p
 
 
+# The keys each section accepts; named sub-tables ([entities.X], [sources.X], [models.X]) take theirs.
 _SECTIONS: dict[str, set[str]] = {
     "project": {"name", "dialect", "features_dir", "macros_dir"},
     "warehouse": {"engine", "path", "url", "schema", "history"},
@@ -144,228 +158,184 @@ _SECTIONS: dict[str, set[str]] = {
 }
 _ENTITY_KEYS = {"keys", "description"}
 _SOURCE_KEYS = {"path", "table", "format", "description"}
-_MODEL_KEYS = {"training_set", "path", "entry_point"}
+_MODEL_KEYS = {"training_set", "kind", "path", "entry_point", "batching"}
+_BATCHING_KEYS = {"max_batch", "max_wait_ms"}
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def _line_of(text: str, *needles: str) -> int | None:
-    """The 1-based line where a table header or key appears, for error locations."""
-    lines = text.splitlines()
-    for needle in needles:
-        for i, line in enumerate(lines, 1):
-            stripped = line.strip()
-            if stripped.startswith(needle):
-                return i
-    return None
+class _File:
+    """fsql.toml's text, for error locations and environment expansion."""
 
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.lines = text.splitlines()
 
-def _expand_env(value: str, where: str, path: str, line: int | None) -> str:
-    def repl(m: re.Match[str]) -> str:
-        name, default = m.group(1), m.group(2)
-        if name in os.environ:
-            return os.environ[name]
-        if default is not None:
-            return default
-        raise ConfigError(
-            f"{where} refers to environment variable {name}, which is not set",
-            path=path,
-            line=line,
-            hint=f"export {name}=... or write ${{{name}:-default}}",
-        )
+    def line_of(self, *needles: str) -> int | None:
+        """The 1-based line where a table header or key appears."""
+        for needle in needles:
+            for i, line in enumerate(self.lines, 1):
+                if line.strip().startswith(needle):
+                    return i
+        return None
 
-    return _ENV.sub(repl, value)
+    def table_line(self, section: str) -> int | None:
+        return self.line_of(f"[{section}]")
+
+    def error(self, message: str, *, line: int | None = None, hint: str | None = None) -> ConfigError:
+        return ConfigError(message, path=CONFIG_FILE, line=line, hint=hint)
+
+    def check_keys(self, body: Mapping[str, Any], allowed: set[str], section: str) -> None:
+        for key in body:
+            if key not in allowed:
+                raise self.error(
+                    f"unknown key '{key}' in [{section}]",
+                    line=self.line_of(f"{key} ", f"{key}=") or self.table_line(section),
+                    hint=did_you_mean(key, allowed) or f"keys are {', '.join(sorted(allowed))}",
+                )
+
+    def table(self, body: Any, section: str, allowed: set[str]) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise self.error(f"[{section}] must be a table", line=self.table_line(section))
+        self.check_keys(body, allowed, section)
+        return body
+
+    def env(self, value: Any, what: str, section: str) -> Any:
+        if not isinstance(value, str):
+            return value
+
+        def repl(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise self.error(f"{what} refers to environment variable {name}, which is not set",
+                             line=self.table_line(section), hint=f"export {name}=... or write ${{{name}:-default}}")
+
+        return _ENV.sub(repl, value)
+
+    def choice(self, value: str, choices: Mapping[str, Any] | tuple[str, ...], what: str, key: str) -> None:
+        if value not in choices:
+            names = list(choices)
+            raise self.error(f"unknown {what} '{value}'", line=self.line_of(key),
+                             hint=did_you_mean(str(value), names) or f"use one of {', '.join(names)}")
 
 
 def load_config(root: str | Path = ".", overrides: dict[str, dict[str, Any]] | None = None) -> Config:
     """Read ``fsql.toml`` under ``root``; ``overrides`` replace whole keys per section (SDK use)."""
     root = Path(root).resolve()
     path = root / CONFIG_FILE
-    shown = CONFIG_FILE
     if not path.is_file():
-        raise ConfigError(
-            f"no {CONFIG_FILE} in {root.name or root}",
-            path=shown,
-            hint="run `fsql init DIR` to create a project, or cd into one",
-        )
-    text = path.read_text()
+        raise ConfigError(f"no {CONFIG_FILE} in {root.name or root}", path=CONFIG_FILE,
+                          hint="run `fsql init DIR` to create a project, or cd into one")
+    file = _File(path.read_text())
     try:
-        data = tomllib.loads(text)
+        data = tomllib.loads(file.text)
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
-        line = int(m.group(1)) if m else None
         msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
-        raise ConfigError(f"invalid TOML: {msg}", path=shown, line=line) from None
-
+        raise file.error(f"invalid TOML: {msg}", line=int(m.group(1)) if m else None) from None
     for section, body in (overrides or {}).items():
         data.setdefault(section, {}).update(body)
-
     for section in data:
         if section not in _SECTIONS:
-            raise ConfigError(
-                f"unknown section [{section}]",
-                path=shown,
-                line=_line_of(text, f"[{section}"),
-                hint=did_you_mean(section, _SECTIONS) or f"sections are {', '.join(sorted(_SECTIONS))}",
-            )
-        allowed = _SECTIONS[section]
-        if allowed and isinstance(data[section], dict):
-            for key in data[section]:
-                if key not in allowed:
-                    raise ConfigError(
-                        f"unknown key '{key}' in [{section}]",
-                        path=shown,
-                        line=_line_of(text, f"{key} ", f"{key}="),
-                        hint=did_you_mean(key, allowed) or f"keys are {', '.join(sorted(allowed))}",
-                    )
-
-    def where(section: str) -> int | None:
-        return _line_of(text, f"[{section}]")
-
-    def env(value: Any, what: str, section: str) -> Any:
-        return _expand_env(value, what, shown, where(section)) if isinstance(value, str) else value
+            raise file.error(f"unknown section [{section}]", line=file.line_of(f"[{section}"),
+                             hint=did_you_mean(section, _SECTIONS) or f"sections are {', '.join(sorted(_SECTIONS))}")
+        file.table(data[section], section, _SECTIONS[section] or set(data[section]))
 
     project = data.get("project", {})
-    name = project.get("name") or root.name
     dialect = project.get("dialect", "duckdb")
-    if dialect not in SUPPORTED_DIALECTS:
-        raise ConfigError(
-            f"unsupported dialect '{dialect}'",
-            path=shown,
-            line=_line_of(text, "dialect"),
-            hint=did_you_mean(dialect, SUPPORTED_DIALECTS) or f"use one of {', '.join(SUPPORTED_DIALECTS)}",
-        )
-
-    wh = {k: env(v, f"[warehouse] {k}", "warehouse") for k, v in data.get("warehouse", {}).items()}
-    engine = wh.pop("engine", "duckdb")
-    warehouse: Warehouse
-    if engine == "duckdb":
-        wh.pop("url", None)
-        wh.pop("history", None)
-        warehouse = DuckDBWarehouse(**wh)
-    elif engine == "postgres":
-        wh.pop("path", None)
-        if wh.get("history", "table") not in ("table", "view"):
-            raise ConfigError(
-                f"[warehouse] history must be 'table' or 'view', not '{wh['history']}'",
-                path=shown,
-                line=_line_of(text, "history"),
-            )
-        if not wh.get("url"):
-            wh["url"] = os.environ.get("FSQL_POSTGRES_URL", DEFAULT_POSTGRES_URL)
-        warehouse = PostgresWarehouse(**wh)
-    else:
-        raise ConfigError(
-            f"unknown warehouse engine '{engine}'",
-            path=shown,
-            line=_line_of(text, "engine"),
-            hint=did_you_mean(str(engine), ["duckdb", "postgres"]) or "use 'duckdb' or 'postgres'",
-        )
-    if not _IDENT.match(warehouse.schema):
-        raise ConfigError(f"invalid warehouse schema name '{warehouse.schema}'", path=shown, line=where("warehouse"))
-
-    on = {k: env(v, f"[online] {k}", "online") for k, v in data.get("online", {}).items()}
-    store = on.pop("store", "sqlite")
-    online: Online
-    if store == "sqlite":
-        on.pop("url", None)
-        on.pop("prefix", None)
-        online = SqliteOnline(**on)
-    elif store == "redis":
-        on.pop("path", None)
-        if not on.get("url"):
-            on["url"] = os.environ.get("FSQL_REDIS_URL", DEFAULT_REDIS_URL)
-        online = RedisOnline(**on)
-    else:
-        raise ConfigError(
-            f"unknown online store '{store}'",
-            path=shown,
-            line=_line_of(text, "store"),
-            hint=did_you_mean(str(store), ["sqlite", "redis"]) or "use 'sqlite' or 'redis'",
-        )
-
-    reg = data.get("registry", {})
-    registry = RegistryConfig(url=env(reg.get("url", RegistryConfig.url), "[registry] url", "registry"))
-
-    entities: dict[str, EntityConfig] = {}
-    for ename, body in data.get("entities", {}).items():
-        line = where(f"entities.{ename}")
-        if not isinstance(body, dict):
-            raise ConfigError(f"[entities.{ename}] must be a table", path=shown, line=line)
-        for key in body:
-            if key not in _ENTITY_KEYS:
-                raise ConfigError(
-                    f"unknown key '{key}' in [entities.{ename}]",
-                    path=shown,
-                    line=line,
-                    hint=did_you_mean(key, _ENTITY_KEYS) or "keys are 'keys' and 'description'",
-                )
-        keys = body.get("keys")
-        if isinstance(keys, str):
-            keys = [keys]
-        if not keys or not all(isinstance(k, str) and _IDENT.match(k) for k in keys):
-            raise ConfigError(
-                f"entity '{ename}' needs keys = [\"column\", ...]",
-                path=shown,
-                line=line,
-                hint='e.g. keys = ["customer_id"]',
-            )
-        entities[ename] = EntityConfig(ename, tuple(keys), body.get("description"), line or 0)
-
-    sources: dict[str, SourceConfig] = {}
-    for sname, body in data.get("sources", {}).items():
-        line = where(f"sources.{sname}")
-        if not isinstance(body, dict):
-            raise ConfigError(f"[sources.{sname}] must be a table", path=shown, line=line)
-        for key in body:
-            if key not in _SOURCE_KEYS:
-                raise ConfigError(
-                    f"unknown key '{key}' in [sources.{sname}]",
-                    path=shown,
-                    line=line,
-                    hint=did_you_mean(key, _SOURCE_KEYS) or "keys are path, table, format, description",
-                )
-        spath, table = body.get("path"), body.get("table")
-        if bool(spath) == bool(table):
-            raise ConfigError(
-                f"source '{sname}' needs exactly one of path = \"...\" or table = \"...\"",
-                path=shown,
-                line=line,
-            )
-        fmt = body.get("format")
-        if spath and fmt is None:
-            lowered = str(spath).lower()
-            fmt = "csv" if lowered.endswith((".csv", ".csv.gz")) else "parquet"
-        if fmt not in (None, "parquet", "csv"):
-            raise ConfigError(f"source '{sname}': unknown format '{fmt}'", path=shown, line=line, hint="use parquet or csv")
-        sources[sname] = SourceConfig(
-            sname, env(spath, f"[sources.{sname}] path", f"sources.{sname}"), table, fmt, body.get("description"), line or 0
-        )
-
-    models: dict[str, ModelConfig] = {}
-    for mname, body in data.get("models", {}).items():
-        line = where(f"models.{mname}")
-        unknown = set(body) - _MODEL_KEYS
-        if unknown:
-            key = sorted(unknown)[0]
-            raise ConfigError(
-                f"unknown key '{key}' in [models.{mname}]", path=shown, line=line, hint=did_you_mean(key, _MODEL_KEYS)
-            )
-        if "training_set" not in body:
-            raise ConfigError(f"model '{mname}' needs training_set = \"...\"", path=shown, line=line)
-        models[mname] = ModelConfig(mname, body["training_set"], body.get("path"), body.get("entry_point"), line or 0)
-
+    file.choice(dialect, SUPPORTED_DIALECTS, "dialect", "dialect")
     return Config(
         root=root,
-        name=name,
+        name=project.get("name") or root.name,
         dialect=dialect,
-        warehouse=warehouse,
-        online=online,
-        registry=registry,
-        entities=entities,
-        sources=sources,
-        models=models,
+        warehouse=_warehouse(file, data.get("warehouse", {})),
+        online=_online(file, data.get("online", {})),
+        registry=RegistryConfig(url=file.env(data.get("registry", {}).get("url", DEFAULT_REGISTRY_URL),
+                                             "[registry] url", "registry")),
+        entities=_named(file, data, "entities", _ENTITY_KEYS, _entity),
+        sources=_named(file, data, "sources", _SOURCE_KEYS, _source),
+        models=_named(file, data, "models", _MODEL_KEYS, _model),
         vars=dict(data.get("vars", {})),
         features_dir=project.get("features_dir", "features"),
         macros_dir=project.get("macros_dir", "macros"),
     )
+
+
+def _variant(cls: type, values: dict[str, Any]) -> Any:
+    """The dataclass built from the keys it declares (a tag's other keys belong to other variants)."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def _warehouse(file: _File, body: dict[str, Any]) -> Warehouse:
+    values = {k: file.env(v, f"[warehouse] {k}", "warehouse") for k, v in body.items()}
+    variants = {"duckdb": DuckDBWarehouse, "postgres": PostgresWarehouse}
+    engine = values.pop("engine", "duckdb")
+    file.choice(engine, variants, "warehouse engine", "engine")
+    if engine == "postgres":
+        if values.get("history", "table") not in ("table", "view"):
+            raise file.error(f"[warehouse] history must be 'table' or 'view', not '{values['history']}'",
+                             line=file.line_of("history"))
+        values["url"] = values.get("url") or os.environ.get("FSQL_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+    warehouse = _variant(variants[engine], values)
+    if not _IDENT.match(warehouse.schema):
+        raise file.error(f"invalid warehouse schema name '{warehouse.schema}'", line=file.table_line("warehouse"))
+    return warehouse
+
+
+def _online(file: _File, body: dict[str, Any]) -> Online:
+    values = {k: file.env(v, f"[online] {k}", "online") for k, v in body.items()}
+    variants = {"sqlite": SqliteOnline, "redis": RedisOnline}
+    store = values.pop("store", "sqlite")
+    file.choice(store, variants, "online store", "store")
+    if store == "redis":
+        values["url"] = values.get("url") or os.environ.get("FSQL_REDIS_URL", DEFAULT_REDIS_URL)
+    return _variant(variants[store], values)
+
+
+def _named(file: _File, data: dict[str, Any], section: str, allowed: set[str],
+           make: Callable[[_File, str, dict[str, Any], int], Any]) -> dict[str, Any]:
+    out = {}
+    for name, body in data.get(section, {}).items():
+        where = f"{section}.{name}"
+        out[name] = make(file, name, file.table(body, where, allowed), file.table_line(where) or 0)
+    return out
+
+
+def _entity(file: _File, name: str, body: dict[str, Any], line: int) -> EntityConfig:
+    keys = body.get("keys")
+    if isinstance(keys, str):
+        keys = [keys]
+    if not keys or not all(isinstance(k, str) and _IDENT.match(k) for k in keys):
+        raise file.error(f"entity '{name}' needs keys = [\"column\", ...]", line=line, hint='e.g. keys = ["customer_id"]')
+    return EntityConfig(name, tuple(keys), body.get("description"), line)
+
+
+def _source(file: _File, name: str, body: dict[str, Any], line: int) -> SourceConfig:
+    path, table = body.get("path"), body.get("table")
+    if bool(path) == bool(table):
+        raise file.error(f"source '{name}' needs exactly one of path = \"...\" or table = \"...\"", line=line)
+    fmt = body.get("format")
+    if path and fmt is None:
+        fmt = "csv" if str(path).lower().endswith((".csv", ".csv.gz")) else "parquet"
+    if fmt not in (None, "parquet", "csv"):
+        raise file.error(f"source '{name}': unknown format '{fmt}'", line=line, hint="use parquet or csv")
+    return SourceConfig(name, file.env(path, f"[sources.{name}] path", f"sources.{name}"), table, fmt,
+                        body.get("description"), line)
+
+
+def _model(file: _File, name: str, body: dict[str, Any], line: int) -> ModelConfig:
+    if "training_set" not in body:
+        raise file.error(f"model '{name}' needs training_set = \"...\"", line=line)
+    kind = body.get("kind", "python" if body.get("entry_point") else "onnx")
+    file.choice(kind, MODEL_KINDS, "model kind", "kind")
+    if kind == "python" and not body.get("entry_point"):
+        raise file.error(f"model '{name}' of kind python needs entry_point = \"module:function\"", line=line)
+    if kind != "python" and not body.get("path"):
+        raise file.error(f"model '{name}' of kind {kind} needs path = \"models/...\"", line=line)
+    batching = file.table(body.get("batching", {}), f"models.{name}.batching", _BATCHING_KEYS)
+    return ModelConfig(name, body["training_set"], kind, body.get("path"), body.get("entry_point"),
+                       Batching(**batching), line)

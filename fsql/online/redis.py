@@ -28,6 +28,7 @@ import pyarrow as pa
 import redis
 from redis.exceptions import NoScriptError, RedisError
 
+from fsql.config import DEFAULT_REDIS_URL
 from fsql.errors import OnlineStoreError, redact_url
 from fsql.online.base import OnlineRow, OnlineTable, namespace
 from fsql.online.encoding import (
@@ -40,7 +41,7 @@ from fsql.online.encoding import (
     key_text,
 )
 
-DEFAULT_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_URL = DEFAULT_REDIS_URL
 
 # KEYS: entity keys. ARGV[1]: EXPIRE seconds (0 = none); ARGV[1 + i]: the new value for KEYS[i].
 # Headers are compared byte by byte: Lua's `<` on strings uses strcoll, and Redis sets LC_COLLATE from

@@ -28,11 +28,12 @@ from typing import Any
 
 import pyarrow as pa
 
+from fsql.config import DEFAULT_ONLINE_PATH
 from fsql.errors import OnlineStoreError
 from fsql.online.base import OnlineRow, OnlineTable, namespace
 from fsql.online.encoding import CodecCache, encode_keys, encode_times, key_text, micros_to_datetime
 
-DEFAULT_PATH = ".fsql/online.db"
+DEFAULT_PATH = DEFAULT_ONLINE_PATH
 _MAX_VARIABLES = 10_000  # SQLite >= 3.32 allows 32766 host parameters per statement
 
 _CREATE = """

@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine
 
+from fsql.config import DEFAULT_REGISTRY_URL
 from fsql.definitions import (
     Entity,
     FeatureRef,
@@ -42,7 +43,7 @@ from fsql.definitions import (
 from fsql.errors import NotFoundError, RegistryError, did_you_mean
 from fsql.registry import tables as t
 
-DEFAULT_URL = "sqlite:///.fsql/registry.db"
+DEFAULT_URL = DEFAULT_REGISTRY_URL
 MIGRATIONS_DIR = Path(__file__).resolve().with_name("migrations")
 
 # Long enough to wait out another process's build or migration, short enough to report a stuck lock.

@@ -19,10 +19,12 @@ from sqlglot import exp
 
 from fsql.compiler import pit
 from fsql.compiler.views import column_lineage, to_dialect
+from fsql.config import CONFIG_FILE
 from fsql.definitions import (
     Column,
     Entity,
     FeatureView,
+    Model,
     Project,
     Source,
     TrainingSet,
@@ -30,7 +32,7 @@ from fsql.definitions import (
     output_names,
 )
 from fsql.engines import history_name
-from fsql.errors import EngineError, FeatureFileError, UnavailableError, did_you_mean
+from fsql.errors import ConfigError, EngineError, FeatureFileError, UnavailableError, did_you_mean
 from fsql.parsing.project import ParsedFile, ParsedProject, parse_project
 from fsql.registry import LineageEdge, RegistrySnapshot
 from fsql.registry.diff import Change, diff_definitions
@@ -182,8 +184,19 @@ class _Builder:
             sources={n: Source(n, s.path, s.table, s.format, s.description) for n, s in config.sources.items()},
             views=views,
             training_sets=sets,
+            models=self._models(sets),
         )
         return project, compiled, lineage, loaded
+
+    def _models(self, sets: dict[str, TrainingSet]) -> dict[str, Model]:
+        models = {}
+        for name, model in self.ctx.config.models.items():
+            if model.training_set not in sets:
+                raise ConfigError(f"model '{name}' uses unknown training set '{model.training_set}'",
+                                  path=CONFIG_FILE, line=model.line,
+                                  hint=did_you_mean(model.training_set, sets) or "define it under features/")
+            models[name] = Model(name, model.training_set, model.path, model.entry_point, model.kind)
+        return models
 
     def _table(self, name: str) -> exp.Table:
         return exp.table_(name, db=self.schema, quoted=True)
