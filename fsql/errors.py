@@ -59,6 +59,10 @@ class ConfigError(FsqlError):
     """fsql.toml is missing, malformed, or names something that does not exist."""
 
 
+class MissingExtraError(ConfigError):
+    """The configuration needs an optional package that is not installed; the hint names the extra."""
+
+
 class FeatureFileError(FsqlError):
     """A feature or training-set file is malformed: header, Jinja, SQL or columns."""
 

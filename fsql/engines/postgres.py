@@ -20,18 +20,14 @@ from fsql.config import SourceConfig
 from fsql.definitions import Column
 from fsql.engines.base import columns_of
 from fsql.errors import EngineError, redact_url
+from fsql.extras import require_extra
 
 
 class PostgresEngine:
     dialect = "postgres"
 
     def __init__(self, url: str, schema: str, root: Path) -> None:
-        try:
-            import adbc_driver_postgresql.dbapi as adbc
-        except ImportError:  # pragma: no cover - depends on the install
-            raise EngineError(
-                "the PostgreSQL engine needs the postgres extra", hint="pip install 'fsql[postgres]'"
-            ) from None
+        adbc = require_extra("adbc_driver_postgresql.dbapi", "postgres")
         self.url = url
         self.schema = schema
         self.root = root
