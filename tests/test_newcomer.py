@@ -23,6 +23,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from fsql.errors import ConfigError
 from fsql.sample import MARKER, PROJECT_FILES, SEED_ANCHOR, ensure_fresh, generate, scaffold
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -293,6 +294,24 @@ def test_ensure_fresh_writes_only_missing_tables_of_a_marked_folder(tmp_path: Pa
     (project / MARKER).unlink()
     orders.unlink()
     assert ensure_fresh(project) == [] and not orders.exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("seed = [", "data/sample.toml: invalid sample marker"),
+        ("seed = 7\ntables = [\"order\"]", "data/sample.toml: unknown sample table 'order'; the sample has customers, "
+         "orders, fx_rates, churn_labels; did you mean 'orders'?"),
+        ("seed = 'x'", "data/sample.toml: the sample seed must be an integer, not 'x'; restore"),
+    ],
+)
+def test_a_broken_sample_marker_is_one_line(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / MARKER).parent.mkdir()
+    (tmp_path / MARKER).write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        ensure_fresh(tmp_path)
+    assert str(caught.value).startswith(f"{tmp_path}/{message}") and "\n" not in str(caught.value)
+    assert not list(tmp_path.rglob("*.parquet"))
 
 
 def test_init_without_sample_writes_no_data_and_no_marker(tmp_path: Path) -> None:

@@ -20,6 +20,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fsql.errors import ConfigError, did_you_mean
+
 PROJECT_FILES = Path(__file__).parent / "project"
 # The marker that makes a data folder regenerable; it is part of the scaffold, so a project made with
 # `fsql init --no-sample` or whose marker was deleted is never written to.
@@ -30,6 +32,7 @@ DAYS = 330
 CUSTOMERS = 2_000
 MERCHANTS = 40
 CURRENCIES = ("USD", "EUR", "GBP")
+TABLES = ("customers", "orders", "fx_rates", "churn_labels")
 
 
 def today() -> date:
@@ -40,7 +43,7 @@ def today() -> date:
 def generate(seed: int = 7, anchor: date | None = None) -> dict[str, pa.Table]:
     """The sample tables, with rows from ``anchor - 330 days`` up to ``anchor`` (default: today, UTC).
 
-    Deterministic for a seed and an anchor: the same bytes on every machine. Changing the anchor moves
+    Deterministic for a seed and an anchor: the same values on every machine. Changing the anchor moves
     every timestamp by the same amount and changes nothing else.
     """
     rng = random.Random(seed)
@@ -175,11 +178,32 @@ def ensure_fresh(root: Path, anchor: date | None = None) -> list[Path]:
     marker = root / MARKER
     if not marker.is_file():
         return []
-    spec = tomllib.loads(marker.read_text())
-    missing = {name for name in spec.get("tables", []) if not (marker.parent / f"{name}.parquet").exists()}
+    seed, tables = _read_marker(marker)
+    missing = {name for name in tables if not (marker.parent / f"{name}.parquet").exists()}
     if not missing:
         return []
-    return sorted(write_data(marker.parent, spec.get("seed", 7), anchor, only=missing).values())
+    return sorted(write_data(marker.parent, seed, anchor, only=missing).values())
+
+
+def _read_marker(marker: Path) -> tuple[int, list[str]]:
+    def bad(problem: str, hint: str | None = None) -> ConfigError:
+        return ConfigError(problem, path=str(marker),
+                           hint=hint or "restore its seed and tables, or delete it if the data here is your own")
+
+    try:
+        spec = tomllib.loads(marker.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise bad(f"invalid sample marker: {e}") from None
+    seed, tables = spec.get("seed", 7), spec.get("tables", [])
+    if not isinstance(seed, int):
+        raise bad(f"the sample seed must be an integer, not {seed!r}")
+    if not isinstance(tables, list):
+        raise bad(f"tables must be a list of sample table names, not {tables!r}")
+    for name in tables:
+        if name not in TABLES:
+            raise bad(f"unknown sample table {name!r}; the sample has {', '.join(TABLES)}",
+                      did_you_mean(str(name), TABLES))
+    return seed, tables
 
 
 def scaffold(target: Path, *, with_data: bool = True, anchor: date | None = None) -> list[Path]:
