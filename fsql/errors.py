@@ -100,8 +100,8 @@ class ConfigError(BadInputError):
     """fsql.toml is missing, malformed, or names something that does not exist."""
 
 
-class MissingDependencyError(ConfigError):
-    """An optional package the configuration needs is not installed."""
+class MissingExtraError(ConfigError):
+    """The configuration needs an optional package that is not installed; the hint names the extra."""
 
 
 class FeatureFileError(BadInputError):

@@ -8,18 +8,21 @@ from pathlib import Path
 
 import duckdb
 
-from fsql.sample import scaffold
+from fsql.sample import SEED_ANCHOR, scaffold
 
 _TEMPLATE: Path | None = None
 
 
 def example_project(target: Path, cache: Path) -> Path:
-    """A fresh copy of the example project (the sample data is generated once per session)."""
+    """A fresh copy of the example project (the sample data is generated once per session).
+
+    The data ends on the fixed ``SEED_ANCHOR``, so point-in-time answers do not depend on today's date.
+    """
     global _TEMPLATE
     if _TEMPLATE is None or not _TEMPLATE.exists():
         _TEMPLATE = cache / "example-template"
         if not _TEMPLATE.exists():
-            scaffold(_TEMPLATE)
+            scaffold(_TEMPLATE, anchor=SEED_ANCHOR)
     shutil.copytree(_TEMPLATE, target, ignore=shutil.ignore_patterns(".fsql"))
     return target
 

@@ -19,7 +19,8 @@ from sqlglot import exp
 from fsql.config import SourceConfig
 from fsql.definitions import Column
 from fsql.engines.base import columns_of, history_name, view_table
-from fsql.errors import EngineError, EngineUnavailableError, MissingDependencyError, redact_url
+from fsql.errors import EngineError, EngineUnavailableError, redact_url
+from fsql.extras import require_extra
 
 
 class PostgresEngine:
@@ -29,12 +30,7 @@ class PostgresEngine:
         # PostgreSQL cannot index a view, and the PIT join's index plan is several times faster than
         # any plan over the live view (bench/pit.py): keep an indexed copy unless told not to.
         self.persists_history = history == "table"
-        try:
-            import adbc_driver_postgresql.dbapi as adbc
-        except ImportError:  # pragma: no cover - depends on the install
-            raise MissingDependencyError(
-                "the PostgreSQL engine needs the postgres extra", hint="pip install 'fsql[postgres]'"
-            ) from None
+        adbc = require_extra("adbc_driver_postgresql.dbapi", "postgres")
         self.url = url
         self.schema = schema
         self.root = root

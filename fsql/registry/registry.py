@@ -41,6 +41,7 @@ from fsql.definitions import (
     fingerprint,
 )
 from fsql.errors import NotFoundError, RegistryError, did_you_mean
+from fsql.extras import require_extra
 from fsql.registry import tables as t
 
 DEFAULT_URL = DEFAULT_REGISTRY_URL
@@ -448,6 +449,8 @@ class Registry:
         ``?options=-csearch_path%3D<schema>`` and created if missing.
         """
         sa_url = _normalize_url(url, base_dir)
+        if sa_url.drivername == "postgresql+psycopg":
+            require_extra("psycopg", "postgres")
         # Messages name the URL as the user wrote it (driver rewrite undone), password masked.
         shown = sa_url.set(drivername=sa.make_url(url).drivername).render_as_string(hide_password=True)
         try:

@@ -1,32 +1,56 @@
-"""The bundled example project: a deterministic sample dataset and the files `fsql init` writes.
+"""The bundled example project: a sample dataset and the files `fsql init` writes.
 
-The repository root is itself this example project; a test keeps the two identical.
+The dataset is deterministic for a seed and an *anchor*, the day its rows end on. Writing it for the
+current day keeps the example's 30-day features fresh whenever someone first runs it; tests pass a fixed
+anchor (``SEED_ANCHOR``) so point-in-time answers never depend on the calendar.
+
+The repository root is itself this example project; a test keeps the two identical. Its Parquet files
+are not committed: ``data/sample.toml`` marks the folder as sample data, and ``ensure_fresh`` writes the
+missing tables, ending today, the first time the project is built.
 """
 
 from __future__ import annotations
 
 import random
 import shutil
-from datetime import datetime, timedelta
+import tomllib
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fsql.errors import ConfigError, did_you_mean
+
 PROJECT_FILES = Path(__file__).parent / "project"
-START = datetime(2026, 1, 1)
+# The marker that makes a data folder regenerable; it is part of the scaffold, so a project made with
+# `fsql init --no-sample` or whose marker was deleted is never written to.
+MARKER = Path("data") / "sample.toml"
+# The anchor of the dataset the tests and golden files were written against (rows from 2026-01-01).
+SEED_ANCHOR = date(2026, 11, 27)
 DAYS = 330
 CUSTOMERS = 2_000
 MERCHANTS = 40
 CURRENCIES = ("USD", "EUR", "GBP")
+TABLES = ("customers", "orders", "fx_rates", "churn_labels")
 
 
-def generate(seed: int = 7) -> dict[str, pa.Table]:
-    """The sample tables. Deterministic for a seed: the same bytes on every machine."""
+def today() -> date:
+    """The current day in UTC, the clock the sessions and the TTL checks use."""
+    return datetime.now(UTC).date()
+
+
+def generate(seed: int = 7, anchor: date | None = None) -> dict[str, pa.Table]:
+    """The sample tables, with rows from ``anchor - 330 days`` up to ``anchor`` (default: today, UTC).
+
+    Deterministic for a seed and an anchor: the same values on every machine. Changing the anchor moves
+    every timestamp by the same amount and changes nothing else.
+    """
     rng = random.Random(seed)
+    start = datetime.combine(anchor or today(), datetime.min.time()) - timedelta(days=DAYS)
 
     def ts(day: float) -> datetime:
-        return START + timedelta(seconds=round(day * 86_400))
+        return start + timedelta(seconds=round(day * 86_400))
 
     customers: dict[str, list] = {k: [] for k in ("customer_id", "updated_at", "country", "segment", "age")}
     for cid in range(1, CUSTOMERS + 1):
@@ -124,27 +148,81 @@ def generate(seed: int = 7) -> dict[str, pa.Table]:
     }
 
 
-def write_data(directory: Path, seed: int = 7) -> dict[str, Path]:
+def write_data(
+    directory: Path, seed: int = 7, anchor: date | None = None, *, only: set[str] | None = None
+) -> dict[str, Path]:
+    """Write the sample tables (or the ``only`` ones) as ``directory/<table>.parquet``."""
     directory.mkdir(parents=True, exist_ok=True)
     written = {}
-    for name, table in generate(seed).items():
+    for name, table in generate(seed, anchor).items():
+        if only is not None and name not in only:
+            continue
         path = directory / f"{name}.parquet"
-        pq.write_table(table, path, compression="zstd")
+        # Written aside and renamed, so a build never scans a half-written file.
+        partial = path.with_name(path.name + ".tmp")
+        pq.write_table(table, partial, compression="zstd")
+        partial.replace(path)
         written[name] = path
     return written
 
 
-def scaffold(target: Path, *, with_data: bool = True) -> list[Path]:
-    """Write the example project into ``target`` (which must not hold an fsql.toml yet)."""
+def ensure_fresh(root: Path, anchor: date | None = None) -> list[Path]:
+    """Write the sample tables missing from a project's sample data folder; return the files written.
+
+    Only a folder holding the sample marker (``data/sample.toml``, written by ``fsql init`` and committed
+    at the repository root) is touched, and only files that do not exist are written, so a user's own
+    data is never overwritten. The rows end on ``anchor`` (default: today), so the first build of a
+    fresh clone or project serves present values on any day. Cheap when nothing is missing: one
+    ``stat`` per table.
+    """
+    marker = root / MARKER
+    if not marker.is_file():
+        return []
+    seed, tables = _read_marker(marker)
+    missing = {name for name in tables if not (marker.parent / f"{name}.parquet").exists()}
+    if not missing:
+        return []
+    return sorted(write_data(marker.parent, seed, anchor, only=missing).values())
+
+
+def _read_marker(marker: Path) -> tuple[int, list[str]]:
+    def bad(problem: str, hint: str | None = None) -> ConfigError:
+        return ConfigError(problem, path=str(marker),
+                           hint=hint or "restore its seed and tables, or delete it if the data here is your own")
+
+    try:
+        spec = tomllib.loads(marker.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise bad(f"invalid sample marker: {e}") from None
+    seed, tables = spec.get("seed", 7), spec.get("tables", [])
+    if not isinstance(seed, int):
+        raise bad(f"the sample seed must be an integer, not {seed!r}")
+    if not isinstance(tables, list):
+        raise bad(f"tables must be a list of sample table names, not {tables!r}")
+    for name in tables:
+        if name not in TABLES:
+            raise bad(f"unknown sample table {name!r}; the sample has {', '.join(TABLES)}",
+                      did_you_mean(str(name), TABLES))
+    return seed, tables
+
+
+def scaffold(target: Path, *, with_data: bool = True, anchor: date | None = None) -> list[Path]:
+    """Write the example project into ``target`` (which must not hold an fsql.toml yet).
+
+    With data, the tables end on ``anchor`` (default: today); tests pass ``SEED_ANCHOR``. Without, the
+    sample marker is left out too, so no later build writes sample rows into the project.
+    """
     target.mkdir(parents=True, exist_ok=True)
     created = []
     for file in sorted(PROJECT_FILES.rglob("*")):
         if file.is_dir() or file.name == "__pycache__" or file.suffix == ".pyc":
+            continue
+        if not with_data and file.relative_to(PROJECT_FILES) == MARKER:
             continue
         destination = target / file.relative_to(PROJECT_FILES)
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(file, destination)
         created.append(destination)
     if with_data:
-        created.extend(write_data(target / "data").values())
+        created.extend(ensure_fresh(target, anchor))
     return created

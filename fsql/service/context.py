@@ -26,6 +26,7 @@ from fsql.errors import NotBuiltError
 from fsql.online import OnlineStore, open_online_store
 from fsql.parsing.project import ParsedFile
 from fsql.registry import Registry
+from fsql.sample import ensure_fresh
 
 RelationFor = Callable[[str], exp.Expression]
 
@@ -61,9 +62,15 @@ class Context:
     def engine(self) -> Engine:
         """The warehouse, opened for writing if no call opened it (see ``warehouse``)."""
         if self._engine is None:
-            self._engine = open_engine(self.config.warehouse, self.config.root)
+            self._engine = self._open_engine(read_only=False)
             self._engine_writes = True
         return self._engine
+
+    def _open_engine(self, *, read_only: bool) -> Engine:
+        # A sample project's data is generated on first use, ending today, so the example's values
+        # are fresh whenever a newcomer runs it; a user's own data folder is never touched.
+        ensure_fresh(self.config.root)
+        return open_engine(self.config.warehouse, self.config.root, read_only=read_only)
 
     @contextmanager
     def warehouse(self, *, write: bool) -> Iterator[Engine]:
@@ -73,7 +80,7 @@ class Context:
             yield self._engine  # a call inside a call, or a long-lived connection (PostgreSQL)
             return
         self.close_engine()
-        self._engine = open_engine(self.config.warehouse, self.config.root, read_only=not write)
+        self._engine = self._open_engine(read_only=not write)
         self._engine_writes = write
         try:
             yield self._engine
