@@ -14,6 +14,7 @@ PostgreSQL ``apply`` and migrations take transaction-scoped advisory locks.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import hashlib
 import types
 import typing
@@ -45,7 +46,9 @@ from fsql.extras import require_extra
 from fsql.registry import tables as t
 
 DEFAULT_URL = DEFAULT_REGISTRY_URL
-MIGRATIONS_DIR = Path(__file__).resolve().with_name("migrations")
+# The Alembic scripts live in the repository's top-level migrations/ and ship as the package
+# fsql.migrations (see pyproject.toml), so they are found the same way in every kind of install.
+MIGRATIONS_DIR = Path(str(importlib.resources.files("fsql.migrations")))
 
 # Long enough to wait out another process's build or migration, short enough to report a stuck lock.
 SQLITE_BUSY_TIMEOUT_S = 30.0
