@@ -14,8 +14,8 @@ PostgreSQL ``apply`` and migrations take transaction-scoped advisory locks.
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
 import hashlib
+import importlib.resources
 import types
 import typing
 from collections.abc import Iterable, Iterator, Mapping, Sequence
