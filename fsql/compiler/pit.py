@@ -127,6 +127,17 @@ class PitView:
     indexed: bool = False
 
 
+@dataclass
+class _PlanContext:
+    """What every step of one compiled PIT query shares: the dialect's capabilities, the PIT mode,
+    the collision-free namer and the CTEs collected so far (in dependency order)."""
+
+    caps: Capabilities
+    mode: PitMode
+    names: _Names
+    ctes: list[exp.CTE]
+
+
 # --- public API --------------------------------------------------------------------------------
 
 
@@ -206,6 +217,7 @@ def compile_pit(
     probed = [c != "lateral" and not k for c, k in zip(chosen, carried, strict=True)]
 
     ctes: list[exp.CTE] = []
+    pc = _PlanContext(caps, mode, names, ctes)
     s, row_id = names("s"), names("ord")
     source = _cte_or_table(spine, names("spine"), ctes)
     numbered = exp.select(
@@ -225,7 +237,7 @@ def compile_pit(
                 hist = _cte_or_table(view.relation, names("v"), ctes)
                 relation = _asof_carry(
                     view, hist, relation, columns, row_id, view.spine_keys or view.keys, spine_timestamp,
-                    ctes, caps, mode, names,
+                    pc,
                 )  # fmt: skip
                 columns = [*columns, *(out for _, out in view.features)]
         final_from = _aliased(_table(relation), s)
@@ -256,7 +268,7 @@ def compile_pit(
         hist = _cte_or_table(view.relation, names(f"v{i}"), ctes)
         if chosen[i] == "lateral":
             alias = names(f"l{i}")
-            joins.append(_lateral_join(view, hist, alias, s, spine_keys, spine_timestamp, caps, mode, names))
+            joins.append(_lateral_join(view, hist, alias, s, spine_keys, spine_timestamp, pc))
             out_cols += [
                 exp.alias_(exp.column(out, alias, quoted=True), out, quoted=True, copy=False)
                 for _, out in view.features
@@ -278,14 +290,14 @@ def compile_pit(
 
         f = names(f"f{i}")
         if chosen[i] == "range":
-            _range_fetch(view, hist, probe, f, ctes, caps, mode, names)
+            _range_fetch(view, hist, probe, f, pc)
         else:
             m = names(f"m{i}")
             if chosen[i] == "asof":
-                ctes.append(_cte(m, _asof_match(view, hist, probe, caps, mode, names)))
+                ctes.append(_cte(m, _asof_match(view, hist, probe, pc)))
             else:
-                ctes.append(_cte(m, _timeline_match(view, hist, probe, caps, mode, names)))
-            _fetch(view, hist, probe, m, f, ctes, caps, mode, names)
+                ctes.append(_cte(m, _timeline_match(view, hist, probe, pc)))
+            _fetch(view, hist, probe, m, f, pc)
         on = [
             exp.EQ(this=exp.column(c, f, quoted=True), expression=exp.column(sc, s, quoted=True))
             for c, sc in zip(probe.ids, probe.spine_ids, strict=True)
@@ -510,14 +522,13 @@ def _asof_join(
     left_keys: Sequence[str],
     left_t: str,
     key_names: list[str],
-    caps: Capabilities,
-    mode: PitMode,
-    names: _Names,
+    pc: _PlanContext,
     *,
     outer: bool,
 ) -> tuple[exp.Join, exp.Column]:
     """The native ASOF join from relation ``left`` to the view's match times, and the column
     holding the winning event_ts (NULL when there is no candidate, for an outer join)."""
+    caps, mode, names = pc.caps, pc.mode, pc.names
     h, a = names("h"), names("a")
     best = names.fixed("best")
     match = names.fixed("match")
@@ -581,13 +592,12 @@ def _asof_match(
     view: PitView,
     hist: exp.Expression,
     probe: _Probe,
-    caps: Capabilities,
-    mode: PitMode,
-    names: _Names,
+    pc: _PlanContext,
 ) -> exp.Select:
     """(probe columns, winning event_ts) for probe points with a candidate, via native ASOF."""
+    names = pc.names
     p = probe.name
-    join, best = _asof_join(view, hist, p, probe.keys, probe.t, probe.keys, caps, mode, names, outer=False)
+    join, best = _asof_join(view, hist, p, probe.keys, probe.t, probe.keys, pc, outer=False)
     return (
         exp.select(
             *(exp.column(c, p, quoted=True) for c in probe.columns),
@@ -607,10 +617,7 @@ def _asof_carry(
     row_id: str,
     spine_keys: Sequence[str],
     spine_timestamp: str,
-    ctes: list[exp.CTE],
-    caps: Capabilities,
-    mode: PitMode,
-    names: _Names,
+    pc: _PlanContext,
 ) -> str:
     """Add one view's features to relation ``prev`` (spine columns, row id, earlier features).
 
@@ -620,11 +627,12 @@ def _asof_carry(
     no join back. Measured 15-30% faster than the probe shape on deep histories (bench/pit.py).
     Returns the name of the CTE holding ``prev_columns`` + this view's outputs.
     """
+    mode, names, ctes = pc.mode, pc.names, pc.ctes
     m, h = names("m"), names("h")
     best = names.fixed("best")
     key_names = [names.fixed(f"k{j}") for j in range(len(view.keys))]
     join, best_col = _asof_join(
-        view, hist, prev, spine_keys, spine_timestamp, key_names, caps, mode, names, outer=True
+        view, hist, prev, spine_keys, spine_timestamp, key_names, pc, outer=True
     )
     matched = (
         exp.select(
@@ -658,7 +666,7 @@ def _asof_carry(
         _aliased(hist, h), on=exp.and_(*on, copy=False), join_type="LEFT", copy=False
     )
     out = names("r")
-    _first_per(view, query, h, [row_id], out, ctes, caps, names, with_timestamp=False, carry=prev_columns)
+    _first_per(view, query, h, [row_id], out, pc, with_timestamp=False, carry=prev_columns)
     return out
 
 
@@ -666,9 +674,7 @@ def _timeline_match(
     view: PitView,
     hist: exp.Expression,
     probe: _Probe,
-    caps: Capabilities,
-    mode: PitMode,
-    names: _Names,
+    pc: _PlanContext,
 ) -> exp.Select:
     """(probe columns, winning event_ts) via a running MAX over a UNION ALL timeline.
 
@@ -676,6 +682,7 @@ def _timeline_match(
     at equal times view rows sort first (kind 0) because ``event_ts <= t`` includes equality. The
     running MAX at a probe point is the greatest event_ts among rows known by t: the winner's time.
     """
+    caps, mode, names = pc.caps, pc.mode, pc.names
     h, x, y, p = names("h"), names("x"), names("y"), probe.name
     best, kind = names.fixed("best"), names.fixed("kind")
     ts = exp.column(view.timestamp, h, quoted=True)
@@ -739,14 +746,12 @@ def _fetch(
     probe: _Probe,
     m: str,
     f: str,
-    ctes: list[exp.CTE],
-    caps: Capabilities,
-    mode: PitMode,
-    names: _Names,
+    pc: _PlanContext,
 ) -> None:
     """CTE ``f``: features per probe point. The rows at the winning (keys, event_ts) that are still
     candidates at t, first in the tie order. The winning time passed the TTL iff every candidate
     at it does, so the TTL is checked on it."""
+    mode, names = pc.mode, pc.names
     h = names("h")
     best = names.fixed("best")
     t = exp.column(probe.t, m, quoted=True)
@@ -773,7 +778,7 @@ def _fetch(
     )
     if cond:
         query = query.where(exp.and_(*cond, copy=False), copy=False)
-    _first_per(view, query, h, probe.ids, f, ctes, caps, names, with_timestamp=False)
+    _first_per(view, query, h, probe.ids, f, pc, with_timestamp=False)
 
 
 def _range_fetch(
@@ -781,12 +786,10 @@ def _range_fetch(
     hist: exp.Expression,
     probe: _Probe,
     f: str,
-    ctes: list[exp.CTE],
-    caps: Capabilities,
-    mode: PitMode,
-    names: _Names,
+    pc: _PlanContext,
 ) -> None:
     """CTE ``f``: features per probe point by a range join on keys and event_ts <= t."""
+    mode, names = pc.mode, pc.names
     h, p = names("h"), probe.name
     t = exp.column(probe.t, p, quoted=True)
     on = [
@@ -798,7 +801,7 @@ def _range_fetch(
     query = query.from_(_table(p), copy=False).join(
         _aliased(hist, h), on=exp.and_(*on, copy=False), copy=False
     )
-    _first_per(view, query, h, probe.ids, f, ctes, caps, names, with_timestamp=True)
+    _first_per(view, query, h, probe.ids, f, pc, with_timestamp=True)
 
 
 def _lateral_join(
@@ -808,11 +811,10 @@ def _lateral_join(
     s: str,
     spine_keys: Sequence[str],
     spine_timestamp: str,
-    caps: Capabilities,
-    mode: PitMode,
-    names: _Names,
+    pc: _PlanContext,
 ) -> exp.Join:
     """LEFT JOIN LATERAL (SELECT features ... WHERE <candidate> ORDER BY <tie order> LIMIT 1)."""
+    caps, mode, names = pc.caps, pc.mode, pc.names
     h = names("h")
     t = exp.column(spine_timestamp, s, quoted=True)
     cond = [
@@ -846,9 +848,7 @@ def _first_per(
     h: str,
     ids: list[str],
     f: str,
-    ctes: list[exp.CTE],
-    caps: Capabilities,
-    names: _Names,
+    pc: _PlanContext,
     *,
     with_timestamp: bool,
     carry: list[str] | None = None,
@@ -860,6 +860,7 @@ def _first_per(
     otherwise, and on engines whose window operator is slow on many one-row partitions
     (``split_ties``) the window only runs on probes that have more than one row.
     """
+    caps, names, ctes = pc.caps, pc.names, pc.ctes
     carry = list(carry or ids)
     outs = [out for _, out in view.features]
     features = [
@@ -906,13 +907,13 @@ def _first_per(
             .where(in_d, copy=False)
         )
         order = _tie_order(view, lambda c: exp.column(carried[c], j, quoted=True), caps, with_timestamp)
-        tied = _keep_first(tied, [exp.column(id_col, j, quoted=True)], order, [*carry, *outs], caps, names)
+        tied = _keep_first(tied, [exp.column(id_col, j, quoted=True)], order, [*carry, *outs], pc)
         ctes.append(_cte(f, exp.union(plain, tied, distinct=False, copy=False)))
         return
     partition = [e.copy() for e in query.expressions if e.alias_or_name in ids]  # the probe ids
     query = query.select(*features, copy=False)
     order = _tie_order(view, _qualified(h), caps, with_timestamp)
-    ctes.append(_cte(f, _keep_first(query, partition, order, [*carry, *outs], caps, names)))
+    ctes.append(_cte(f, _keep_first(query, partition, order, [*carry, *outs], pc)))
 
 
 def _keep_first(
@@ -920,10 +921,10 @@ def _keep_first(
     partition: list[exp.Expression],
     order: list[exp.Ordered],
     out: list[str],
-    caps: Capabilities,
-    names: _Names,
+    pc: _PlanContext,
 ) -> exp.Select:
     """Keep the first row per partition in ``order``: QUALIFY where available, else a subquery."""
+    caps, names = pc.caps, pc.names
     if not order:
         # no created and no value columns: rows of a partition are indistinguishable
         order = [exp.Ordered(this=exp.Literal.number(1))]
