@@ -9,8 +9,9 @@ from typing import Any, Protocol
 import pyarrow as pa
 from sqlglot import exp
 
-from fsql.config import SourceConfig
+from fsql.config import CONFIG_FILE, SourceConfig
 from fsql.definitions import Column
+from fsql.errors import ConfigError
 
 # Column types are recorded in DuckDB's spelling whatever the engine, so that the same feature files
 # give the same registry on every engine.
@@ -103,6 +104,13 @@ class Engine(Protocol):
         """Rewrite ``<name>__history`` from the view ``name`` (engines with ``persists_history``)."""
 
     def close(self) -> None: ...
+
+
+def missing_source(source: SourceConfig) -> ConfigError:
+    """A declared file source that matches no file, located at its fsql.toml table."""
+    return ConfigError(f"source '{source.name}' reads {source.path}, which matches no file",
+                       path=CONFIG_FILE, line=source.line or None,
+                       hint="fix [sources." + source.name + "] path, or create the file")
 
 
 def history_name(view: str) -> str:

@@ -13,7 +13,7 @@ from sqlglot import exp
 
 from fsql.config import SourceConfig
 from fsql.definitions import Column
-from fsql.engines.base import columns_of, view_table
+from fsql.engines.base import columns_of, missing_source, view_table
 from fsql.errors import EngineError, EngineUnavailableError
 
 
@@ -105,12 +105,9 @@ class DuckDBEngine:
         return exp.Table(this=reader(expressions=[exp.Literal.string(path)]))
 
     def prepare_sources(self, sources: Sequence[SourceConfig]) -> list[str]:
-        missing = []
         for source in sources:
             if source.path and not any(ch in source.path for ch in "*?[") and not (self.root / source.path).exists():
-                missing.append(source.name)
-        if missing:
-            raise EngineError(f"source file for {', '.join(missing)} does not exist")
+                raise missing_source(source)
         return []
 
     def stale_sources(self, sources: Sequence[SourceConfig]) -> list[str]:

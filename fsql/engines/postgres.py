@@ -18,7 +18,7 @@ from sqlglot import exp
 
 from fsql.config import SourceConfig
 from fsql.definitions import Column
-from fsql.engines.base import columns_of, history_name, view_table
+from fsql.engines.base import columns_of, history_name, missing_source, view_table
 from fsql.errors import EngineError, EngineUnavailableError, redact_url
 from fsql.extras import require_extra
 
@@ -122,7 +122,7 @@ class PostgresEngine:
         files = sorted(self.root.glob(source.path)) if pattern else [self.root / source.path]
         files = [f for f in files if f.exists()]
         if not files:
-            raise EngineError(f"source file for {source.name} does not exist: no file matches {source.path}")
+            raise missing_source(source)
         signature = hashlib.sha256(
             "|".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files).encode()
         ).hexdigest()[:16]

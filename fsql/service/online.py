@@ -150,8 +150,9 @@ class FeatureReader:
             for key in view.entity_keys:
                 dtypes[key] = plan.dtypes[(name, key)]
             key_types = [view.column(k).dtype for k in view.entity_keys]  # type: ignore[union-attr]
-            keys = [tuple(_key_value(columns[k][i], t, k) for k, t in zip(view.entity_keys, key_types, strict=True))
-                    for i in range(count)]
+            for key, key_type in zip(view.entity_keys, key_types, strict=True):
+                columns[key] = [_key_value(v, key_type, key) for v in columns[key]]
+            keys = [tuple(columns[k][i] for k in view.entity_keys) for i in range(count)]
             requests.append((plan.tables[name], keys))
         results = self.store.read(requests)
         now = as_utc(now) if now else datetime.now(UTC)
