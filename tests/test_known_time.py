@@ -452,3 +452,277 @@ def test_known_time_every_shape_on_dense_data(engine: str, request: pytest.Fixtu
     con = request.getfixturevalue("duck" if engine == "duckdb" else "pg")
     for shape in ALL_SHAPES:
         check_case(con, engine, dense_case(shape))
+
+
+# --- shapes it cannot propagate through: located errors ------------------------------------------
+
+PROJECT_TOML = """
+[project]
+name = "kt"
+[warehouse]
+engine = "duckdb"
+[entities.customer]
+keys = ["customer_id"]
+[sources.orders]
+path = "orders.parquet"
+[sources.customers]
+path = "customers.parquet"
+"""
+HEADER = ["-- @feature_view v", "-- @entity customer", "-- @timestamp event_ts", "-- @created loaded_at"]
+# a Jinja comment spanning lines: the rendered text is shorter, error lines must still be the file's
+JINJA = ["{# lookback", "   is fixed here #}"]
+
+
+def parse_view(tmp_path: Path, body: list[str]) -> Any:
+    from fsql.config import load_config
+    from fsql.parsing.project import parse_project
+
+    (tmp_path / "fsql.toml").write_text(PROJECT_TOML)
+    (tmp_path / "features").mkdir(exist_ok=True)
+    (tmp_path / "features" / "v.sql").write_text("\n".join(HEADER + JINJA + body) + "\n")
+    return parse_project(load_config(tmp_path)).views["v"]
+
+
+def derive_parsed(parsed: Any) -> exp.Query:
+    inputs = known_inputs(parsed.query, dialect=parsed.dialect, timestamp=parsed.timestamp, created=parsed.created,
+                          sources={"orders", "customers"}, views={}, path=parsed.path,
+                          line=parsed.annotation_line("created"))
+    return derive_known_time(parsed.query, dialect=parsed.dialect, inputs=inputs, created=parsed.created,
+                             path=parsed.path, file_line=parsed.file_line)
+
+
+SELECT = "SELECT customer_id, order_ts AS event_ts, loaded_at, amount"
+UNSUPPORTED = {
+    "lateral": [SELECT, "FROM orders,", "LATERAL (SELECT 1 AS one) AS l  --!"],
+    "table function": [SELECT, "FROM read_parquet('orders.parquet') AS o  --!"],
+    "unnest": [SELECT, "FROM orders", "CROSS JOIN UNNEST([1, 2]) AS u(x)  --!"],
+    "recursive cte": ["WITH RECURSIVE r AS (SELECT 1 AS n)  --!", SELECT, "FROM orders"],
+    "distinct on": ["SELECT DISTINCT ON (customer_id)  --!", "customer_id, order_ts AS event_ts, loaded_at, amount",
+                    "FROM orders"],
+    "scalar subquery": [SELECT + ",", "(SELECT MAX(amount) FROM orders) AS top  --!", "FROM orders"],
+    "in subquery": [SELECT, "FROM orders", "WHERE customer_id IN (SELECT customer_id FROM customers)  --!"],
+    "semi join": [SELECT, "FROM orders AS o", "SEMI JOIN customers AS c ON o.customer_id = c.customer_id  --!"],
+    "user window function": [SELECT + ",", "my_decay(amount) OVER (PARTITION BY customer_id ORDER BY order_ts)"
+                             " AS decayed  --!", "FROM orders"],
+    "lag by a column": [SELECT + ",", "LAG(amount, customer_id) OVER (ORDER BY order_ts) AS odd  --!",
+                        "FROM orders"],
+    "intersect": [SELECT + "  --!", "FROM orders", "INTERSECT", SELECT, "FROM orders"],
+    "star over unlisted columns": ["SELECT *  --!", "FROM (SELECT * FROM orders) AS s"],
+    "created as MIN": ["SELECT customer_id, order_ts AS event_ts,",
+                       "MIN(loaded_at) OVER (PARTITION BY customer_id ORDER BY order_ts) AS loaded_at,  --!",
+                       "SUM(amount) OVER (PARTITION BY customer_id ORDER BY order_ts) AS s", "FROM orders"],
+    "created over another window": [
+        "SELECT customer_id, order_ts AS event_ts,",
+        "MAX(loaded_at) OVER (PARTITION BY customer_id ORDER BY order_ts ROWS 1 PRECEDING) AS loaded_at,  --!",
+        "SUM(amount) OVER (PARTITION BY customer_id ORDER BY order_ts) AS s", "FROM orders"],
+    "reserved column": ["SELECT customer_id, order_ts AS event_ts, loaded_at,", "amount AS __known_at  --!",
+                        "FROM orders"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNSUPPORTED))
+def test_unsupported_shape_is_a_located_error(tmp_path: Path, name: str) -> None:
+    body = UNSUPPORTED[name]
+    parsed = parse_view(tmp_path, body)
+    expected = len(HEADER) + len(JINJA) + next(i for i, line in enumerate(body) if line.endswith("--!")) + 1
+    with pytest.raises(CompileError) as info:
+        derive_parsed(parsed)
+    error = info.value
+    assert (error.path, error.line) == ("features/v.sql", expected), str(error)
+    assert str(error).startswith(f"features/v.sql:{expected}: ")
+    assert "\n" not in str(error) and error.hint
+
+
+def test_unsupported_shape_hint_names_the_escape_hatch(tmp_path: Path) -> None:
+    parsed = parse_view(tmp_path, UNSUPPORTED["lateral"])
+    with pytest.raises(CompileError, match=r"LATERAL.*MAX\(loaded_at\) OVER w AS loaded_at.*@created"):
+        derive_parsed(parsed)
+
+
+# --- an explicit @created -----------------------------------------------------------------------
+
+
+def test_explicit_created_over_the_same_window_is_taken_as_written(tmp_path: Path, duck: Any) -> None:
+    """The escape hatch: a LATERAL the rewrite refuses, with @created written as MAX over the window."""
+    body = [
+        "SELECT customer_id, order_ts AS event_ts,",
+        "MAX(loaded_at) OVER w AS loaded_at,",
+        "SUM(amount) OVER w AS s",
+        "FROM orders, LATERAL (SELECT 1 AS one) AS l",
+        "WINDOW w AS (PARTITION BY customer_id ORDER BY order_ts ROWS BETWEEN 2 PRECEDING AND CURRENT ROW)",
+    ]
+    derived = derive_parsed(parse_view(tmp_path, body))
+    assert derived.named_selects[-1] == "__known_at"
+    load_duckdb(duck, "orders", [("customer_id", "INTEGER"), ("order_ts", "TIMESTAMP"), ("loaded_at", "TIMESTAMP"),
+                                 ("amount", "INTEGER")],
+                [(1, BASE + i * HOUR, BASE + (30 - i) * HOUR, i) for i in range(5)])
+    rows = duck.execute(derived.sql("duckdb")).fetchall()
+    assert rows and all(r[2] == r[-1] for r in rows)  # __known_at is the @created column
+
+
+def test_pass_through_created_is_derived_over_the_frame(tmp_path: Path, duck: Any) -> None:
+    """The natural way (loaded_at passed through) gets the frame's latest load, not the row's own."""
+    body = [
+        "SELECT customer_id, order_ts AS event_ts, loaded_at,",
+        "SUM(amount) OVER (PARTITION BY customer_id ORDER BY order_ts",
+        "                  RANGE BETWEEN INTERVAL 2 HOURS PRECEDING AND CURRENT ROW) AS s",
+        "FROM orders",
+    ]
+    derived = derive_parsed(parse_view(tmp_path, body))
+    load_duckdb(duck, "orders", [("customer_id", "INTEGER"), ("order_ts", "TIMESTAMP"), ("loaded_at", "TIMESTAMP"),
+                                 ("amount", "INTEGER")],
+                [(1, BASE, BASE + 10 * HOUR, 1), (1, BASE + HOUR, BASE + HOUR, 2), (1, BASE + 5 * HOUR, None, 4)])
+    rows = sorted(duck.execute(derived.sql("duckdb")).fetchall(), key=lambda r: r[1])
+    assert [(r[3], r[-1]) for r in rows] == [
+        (1, BASE + 10 * HOUR),
+        (3, BASE + 10 * HOUR),  # counts the order loaded at +10h though its own row loaded at +1h
+        (4, BASE + 5 * HOUR),  # NULL load: known at its event time
+    ]
+
+
+# --- lineage: which column of each input is its load time ----------------------------------------
+
+
+def test_known_inputs_trace_created_and_timestamp_to_source_columns(tmp_path: Path) -> None:
+    body = [
+        "WITH o AS (SELECT customer_id, order_ts AS t, loaded_at AS l, amount FROM orders)",
+        "SELECT o.customer_id, o.t AS event_ts, o.l AS loaded_at, p.segment",
+        "FROM o LEFT JOIN customers AS p ON o.customer_id = p.customer_id",
+    ]
+    parsed = parse_view(tmp_path, body)
+    inputs = known_inputs(parsed.query, dialect="duckdb", timestamp="event_ts", created="loaded_at",
+                          sources={"orders", "customers"}, views={"upstream": "event_ts"})
+    assert inputs == {"orders": KnownInput("loaded_at", "order_ts"), "customers": KnownInput(None, None)}
+
+
+def test_known_inputs_of_the_example_project() -> None:
+    from fsql.config import load_config
+    from fsql.parsing.project import parse_project
+
+    project = parse_project(load_config(Path(__file__).parent.parent))
+    timestamps = {name: view.timestamp for name, view in project.views.items()}
+    found = {}
+    for name, view in project.views.items():
+        upstream = {n: timestamps[n] for n in view.references if n in timestamps}
+        found[name] = known_inputs(view.query, dialect=view.dialect, timestamp=view.timestamp, created=view.created,
+                                   sources=set(project.config.sources), views=upstream)
+    assert found["customer_spend"] == {"orders": KnownInput("loaded_at", "order_ts")}
+    assert found["customer_value"] == {"customer_spend": KnownInput("__known_at", "event_ts")}
+    assert found["order_amount_usd"] == {"orders": KnownInput(None, "order_ts"), "fx_rates": KnownInput(None, None)}
+    assert found["customer_profile"] == {"customers": KnownInput(None, "updated_at")}
+
+
+# --- golden SQL per dialect ----------------------------------------------------------------------
+
+GOLDEN = Path(__file__).parent / "fixtures" / "known_time"
+DIALECTS = ["duckdb", "postgres", "snowflake", "bigquery", "spark", "trino"]
+UPDATE = os.environ.get("FSQL_UPDATE_FIXTURES") == "1"
+# Window orders say NULLS FIRST: sqlglot cannot write DuckDB's default NULLS LAST for BigQuery
+# windows, and the event time of these views is never NULL.
+GOLDEN_CASES = {
+    "window_range": (
+        "SELECT customer_id, order_ts AS event_ts, loaded_at, SUM(amount) OVER w AS spend_30d, "
+        "COUNT(*) OVER w AS orders_30d FROM orders WINDOW w AS (PARTITION BY customer_id "
+        "ORDER BY order_ts NULLS FIRST RANGE BETWEEN INTERVAL 30 DAYS PRECEDING AND CURRENT ROW)"
+    ),
+    "window_rows_following": (
+        "SELECT customer_id, order_ts AS event_ts, AVG(amount) OVER (PARTITION BY customer_id "
+        "ORDER BY order_ts NULLS FIRST ROWS BETWEEN 1 FOLLOWING AND 3 FOLLOWING) AS next_avg, "
+        "LAG(amount, 2) OVER (PARTITION BY customer_id ORDER BY order_ts NULLS FIRST) AS before2 FROM orders"
+    ),
+    "group_by": (
+        "SELECT customer_id, DATE_TRUNC('day', order_ts) AS event_ts, SUM(amount) AS daily FROM orders "
+        "GROUP BY customer_id, DATE_TRUNC('day', order_ts)"
+    ),
+    "left_join": (
+        "SELECT o.customer_id, o.order_ts AS event_ts, o.amount, c.segment FROM orders AS o "
+        "LEFT JOIN customers AS c ON o.customer_id = c.customer_id"
+    ),
+    "asof_join": (
+        "SELECT o.customer_id, o.order_ts AS event_ts, o.amount * r.rate_to_usd AS amount_usd FROM orders AS o "
+        "ASOF LEFT JOIN fx_rates AS r ON o.currency = r.currency AND o.order_ts >= r.rate_ts"
+    ),
+    "view_on_view": "SELECT customer_id, event_ts, spend_30d / orders_30d AS avg_order FROM customer_spend",
+    "union_cte": (
+        "WITH big AS (SELECT customer_id, order_ts, amount, loaded_at FROM orders WHERE amount > 100) "
+        "SELECT customer_id, order_ts AS event_ts, amount FROM big "
+        "UNION ALL SELECT customer_id, updated_at, 0 FROM customers"
+    ),
+    "distinct": "SELECT DISTINCT customer_id, segment, updated_at AS event_ts FROM customers",
+}
+GOLDEN_INPUTS = {
+    "orders": KnownInput("loaded_at", "order_ts"),
+    "customers": KnownInput("loaded_at", "updated_at"),
+    "fx_rates": KnownInput("loaded_at", "rate_ts"),
+    "customer_spend": KnownInput("__known_at", "event_ts"),
+}
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize("case", sorted(GOLDEN_CASES))
+def test_golden_sql(case: str, dialect: str) -> None:
+    query = sqlglot.parse_one(GOLDEN_CASES[case], read="duckdb")
+    assert isinstance(query, exp.Query)
+    derived = derive_known_time(query, dialect="duckdb", inputs=GOLDEN_INPUTS)
+    text = to_dialect(derived, "duckdb", dialect, pretty=True) + "\n"
+    path = GOLDEN / case / f"{dialect}.sql"
+    if UPDATE:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.read_text() == text, f"{path} differs; regenerate with FSQL_UPDATE_FIXTURES=1 and review the diff"
+    back = sqlglot.parse_one(text, read=dialect)
+    assert isinstance(back, exp.Query)
+    assert "__known_at" in back.named_selects
+
+
+# --- the headline, on the example project's own data ---------------------------------------------
+
+
+def _leaking_spine_rows(con: duckdb.DuckDBPyConnection, created: str) -> tuple[int, int]:
+    """(spine rows, spine rows whose customer_spend value counts an order loaded after label_ts)
+    when rule 3 reads ``created``; the PIT join written out in plain DuckDB SQL."""
+    sql = f"""
+        WITH s AS (SELECT ROW_NUMBER() OVER () AS sid, * FROM spine),
+        candidates AS (
+            SELECT s.sid, s.customer_id, s.label_ts, v.event_ts,
+                   ROW_NUMBER() OVER (PARTITION BY s.sid ORDER BY v.event_ts DESC, v.{created} DESC NULLS LAST) AS rn
+            FROM s JOIN customer_spend AS v
+              ON v.customer_id = s.customer_id
+             AND v.event_ts <= s.label_ts AND v.event_ts >= s.label_ts - INTERVAL 30 DAYS
+             AND (v.{created} IS NULL OR v.{created} <= s.label_ts)
+        )
+        SELECT (SELECT COUNT(*) FROM spine), COUNT(*) FROM candidates AS c
+        WHERE c.rn = 1 AND EXISTS (
+            SELECT 1 FROM orders AS o
+            WHERE o.customer_id = c.customer_id
+              AND o.order_ts BETWEEN c.event_ts - INTERVAL 30 DAYS AND c.event_ts
+              AND o.loaded_at > c.label_ts)
+    """
+    total, leaking = con.execute(sql).fetchone()
+    return total, leaking
+
+
+def test_example_churn_set_leaks_with_the_naive_created_and_not_with_the_derived(duck: Any) -> None:
+    from fsql.config import load_config
+    from fsql.parsing.project import parse_project
+
+    root = Path(__file__).parent.parent
+    config = load_config(root)
+    assert config.vars["spend_window_days"] == 30  # the frame and TTL written out below
+    project = parse_project(config)
+    view, churn = project.views["customer_spend"], project.training_sets["churn"]
+    for name in config.sources:
+        relation = exp.select("*").from_(exp.func("read_parquet", exp.Literal.string(str(root / config.sources[name].path))))
+        duck.execute(f"CREATE VIEW {name} AS {relation.sql('duckdb')}")
+    inputs = known_inputs(view.query, dialect=view.dialect, timestamp=view.timestamp, created=view.created,
+                          sources=set(config.sources), views={})
+    derived = derive_known_time(view.query, dialect=view.dialect, inputs=inputs, created=view.created)
+    duck.execute(f"CREATE VIEW customer_spend AS {to_dialect(derived, view.dialect, 'duckdb')}")
+    duck.execute(f"CREATE VIEW spine AS {churn.query.sql('duckdb')}")
+
+    total, naive = _leaking_spine_rows(duck, "loaded_at")
+    _, derived_leaks = _leaking_spine_rows(duck, "__known_at")
+    assert total > 1000
+    assert naive > 0, "the example data no longer has late-loaded orders inside the 30-day windows"
+    print(f"churn spine rows: {total}; leaking with loaded_at: {naive}; with __known_at: {derived_leaks}")
+    assert derived_leaks == 0

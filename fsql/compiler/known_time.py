@@ -130,7 +130,11 @@ def known_inputs(
     upstream view name to its timestamp column: its rows are known at its derived ``column``.
     """
     names = {t.name for t in query.find_all(exp.Table) if isinstance(t.this, exp.Identifier)}
-    traced_created = _trace(query, created, dialect, sources, path, line) if created else {}
+    outer = _outer_select(query)
+    projection = next((p for p in outer.selects if p.alias_or_name == created), None) if outer and created else None
+    # an explicit aggregate (MAX(loaded_at) OVER w) is the known time itself: nothing to trace
+    explicit = projection is not None and any(_own(a, outer) for a in projection.find_all(exp.AggFunc))
+    traced_created = _trace(query, created, dialect, sources, path, line) if created and not explicit else {}
     traced_ts = _trace(query, timestamp, dialect, sources, path, line)
     result: dict[str, KnownInput] = {}
     for name in sorted(names):
