@@ -580,6 +580,16 @@ def test_pass_through_created_is_derived_over_the_frame(tmp_path: Path, duck: An
     ]
 
 
+def test_explicit_created_as_group_max_and_purity() -> None:
+    sql = "SELECT customer_id, MAX(order_ts) AS event_ts, MAX(loaded_at) AS loaded_at, SUM(amount) AS s FROM orders GROUP BY 1"
+    query = sqlglot.parse_one(sql, read="duckdb")
+    before = query.sql("duckdb")
+    derived = derive_known_time(query, dialect="duckdb", inputs={"orders": KnownInput("loaded_at", "order_ts")},
+                                created="loaded_at")
+    assert query.sql("duckdb") == before  # the input tree is untouched
+    assert derived.selects[-1].sql("duckdb") == "MAX(loaded_at) AS __known_at"
+
+
 # --- lineage: which column of each input is its load time ----------------------------------------
 
 

@@ -30,6 +30,15 @@ yourself, ``MAX(loaded_at) OVER w AS loaded_at``, and name it with ``@created``.
 projection that already aggregates with MAX is accepted as written (nothing is derived); its windows
 must be those of the view's window functions.
 
+How it relates to ``@created``: the derived column, not ``@created``, is the view's known time for
+rule 3, materialization eligibility and late-row pickup. ``@created`` written the natural way
+(``loaded_at`` passed through) names which source column is a row's load time: ``known_inputs``
+traces it back by lineage to the source column it reads, and the derivation takes the MAX of that
+column over every frame, group and join. The ``@created`` column itself is left as written (one
+input row's load time). When ``@created`` is an explicit MAX aggregate, the derived column is that
+expression verbatim. A view without ``@created`` still gets the column: its rows are known at
+their inputs' event times, which matters for frames that read later rows (``FOLLOWING``).
+
 The rewrite runs on the query as parsed, before names are resolved to engine relations, so
 ``inputs`` is keyed by the plain names the SQL uses. Intermediate levels carry the known time in a
 hidden ``__fsql_known`` column; only the outermost projects ``column``.
