@@ -103,7 +103,7 @@ def derive_known_time(
     if outer is not None and column in outer.named_selects:
         raise ctx.error(
             f"column name '{column}' is reserved for the derived known time",
-            outer.selects[outer.named_selects.index(column)],
+            next(p for p in outer.selects if p.alias_or_name == column),
             hint="rename the column",
         )
     if created and outer is not None:
