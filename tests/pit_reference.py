@@ -241,3 +241,156 @@ def rows_mismatch(expected: Sequence[Sequence[Any]], actual: Sequence[Sequence[A
         if len(e) != len(a) or not all(same_value(x, y) for x, y in zip(e, a, strict=True)):
             return f"row {i}: expected {tuple(e)!r}, got {tuple(a)!r}"
     return None
+
+
+# --- derived known time (DESIGN.md section 3, rule 3 for derived rows) ---------------------------
+#
+# A derived row is known when every input row behind it is known. Each helper below evaluates one
+# relational step over plain Python rows, carrying the known time in the row under KNOWN; the tests
+# compose them to mirror a view's SQL. No SQL, no cleverness.
+
+KNOWN = "__known"
+
+
+def latest_instant(*values: datetime | None) -> datetime | None:
+    """The greatest non-NULL instant, NULL when there is none."""
+    present = [instant(v) for v in values if v is not None]
+    return max(present) if present else None
+
+
+def known_scan(rows: Sequence[Row], known_at: str | None, event_ts: str | None) -> list[Row]:
+    """A source or upstream view: each row is known at its load column, else at its event time."""
+    out = []
+    for row in rows:
+        value = row.get(known_at) if known_at else None
+        if value is None and event_ts:
+            value = row.get(event_ts)
+        out.append({**row, KNOWN: instant(value)})
+    return out
+
+
+def null_last(value: Any) -> tuple:
+    """Sort key for ascending order with NULL last (the default of DuckDB and PostgreSQL)."""
+    return (1, 0) if value is None else (0, value)
+
+
+@dataclass(frozen=True)
+class RefFrame:
+    """A window frame. ``kind`` ROWS: offsets are row counts; RANGE: offsets are added to the single
+    order value. Negative = PRECEDING, positive = FOLLOWING, 0 = CURRENT ROW, None = UNBOUNDED."""
+
+    kind: str
+    start: Any
+    end: Any
+
+
+def frame_members(part: Sequence[Row], i: int, order: Sequence[str], frame: RefFrame | None) -> list[Row]:
+    """The rows of sorted partition ``part`` in the frame of its row ``i`` (None: the whole partition)."""
+    if frame is None:
+        return list(part)
+    if frame.kind == "ROWS":
+        lo = 0 if frame.start is None else max(0, i + frame.start)
+        hi = len(part) - 1 if frame.end is None else min(len(part) - 1, i + frame.end)
+        return list(part[lo : hi + 1])
+    # RANGE: CURRENT ROW bounds take the current row's peers (equal on every order column);
+    # offsets are added to the single order value
+    here = tuple(null_last(part[i][c]) for c in order)
+    members = []
+    for row in part:
+        value = tuple(null_last(row[c]) for c in order)
+        if frame.start is None:
+            after_start = True
+        elif frame.start == 0:
+            after_start = value >= here
+        else:
+            after_start = row[order[0]] >= part[i][order[0]] + frame.start
+        if frame.end is None:
+            before_end = True
+        elif frame.end == 0:
+            before_end = value <= here
+        else:
+            before_end = row[order[0]] <= part[i][order[0]] + frame.end
+        if after_start and before_end:
+            members.append(row)
+    return members
+
+
+@dataclass(frozen=True)
+class RefWindow:
+    """One window function: its order, frame, and ``value(frame_rows, sorted_partition, index)``."""
+
+    name: str
+    order: tuple[str, ...]
+    frame: RefFrame | None
+    value: Any
+
+
+def known_window(rows: Sequence[Row], partition: Sequence[str], windows: Sequence[RefWindow]) -> list[Row]:
+    """Each row with its window values; known at the latest of itself and every frame it reads."""
+    groups: dict[tuple, list[int]] = {}
+    for index, row in enumerate(rows):
+        groups.setdefault(tuple(row[c] for c in partition), []).append(index)
+    out = [{**row} for row in rows]
+    for members in groups.values():
+        for window in windows:
+            part = sorted(members, key=lambda j: tuple(null_last(rows[j][c]) for c in window.order))
+            sorted_rows = [rows[j] for j in part]
+            for i, j in enumerate(part):
+                frame = frame_members(sorted_rows, i, window.order, window.frame)
+                out[j][window.name] = window.value(frame, sorted_rows, i)
+                out[j][KNOWN] = latest_instant(out[j][KNOWN], *(m[KNOWN] for m in frame))
+    return out
+
+
+def known_group(rows: Sequence[Row], keys: Sequence[str], values: dict[str, Any]) -> list[Row]:
+    """GROUP BY ``keys``: ``values`` maps an output name to ``f(group_rows)``; known at the group's latest."""
+    groups: dict[tuple, list[Row]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+    out = []
+    for key, members in groups.items():
+        new = dict(zip(keys, key, strict=True))
+        new.update({name: f(members) for name, f in values.items()})
+        new[KNOWN] = latest_instant(*(m[KNOWN] for m in members))
+        out.append(new)
+    return out
+
+
+def known_join(
+    left: Sequence[Row], right: Sequence[Row], on: Any, *, outer: bool, right_prefix: str,
+    right_columns: Sequence[str],
+) -> list[Row]:
+    """[LEFT] JOIN on ``on(l, r)``; right columns renamed ``right_prefix + name``; a matched pair is
+    known at the later of its two rows, an unmatched left row at its own time."""
+    out = []
+    for lrow in left:
+        matched = [r for r in right if on(lrow, r)]
+        for rrow in matched:
+            new = {**lrow, **{right_prefix + k: v for k, v in rrow.items() if k != KNOWN}}
+            new[KNOWN] = latest_instant(lrow[KNOWN], rrow[KNOWN])
+            out.append(new)
+        if outer and not matched:
+            new = {**lrow, **{right_prefix + k: None for k in right_columns}}
+            out.append(new)
+    return out
+
+
+def known_asof_left(
+    left: Sequence[Row], right: Sequence[Row], keys: Sequence[tuple[str, str]], times: tuple[str, str],
+    right_prefix: str, right_columns: Sequence[str],
+) -> list[Row]:
+    """ASOF LEFT JOIN: the right row with the latest time at or before the left time (right rows
+    unique per key and time here); known at the later of the pair."""
+    out = []
+    lt, rt = times
+    for lrow in left:
+        candidates = [
+            r for r in right
+            if keys_equal([lrow[a] for a, _ in keys], [r[b] for _, b in keys])
+            and lrow[lt] is not None and r[rt] is not None and instant(r[rt]) <= instant(lrow[lt])
+        ]
+        best = max(candidates, key=lambda r: instant(r[rt])) if candidates else None
+        new = {**lrow, **{right_prefix + k: (None if best is None else best[k]) for k in right_columns}}
+        new[KNOWN] = latest_instant(lrow[KNOWN], None if best is None else best[KNOWN])
+        out.append(new)
+    return out
