@@ -19,6 +19,10 @@ import pyarrow as pa
 from fsql.errors import FsqlError, NotFoundError, RequestError, did_you_mean
 
 PitMode = Literal["known-at", "event-time"]
+# The column every generated view carries: when all the input rows behind a view row were known
+# (derived by fsql.compiler.known_time). Rule 3, eligibility for materialization and the tie order's
+# "created" step use it, not the @created column, which only names a source's load time.
+KNOWN_AT = "__known_at"
 PIT_MODES: tuple[PitMode, ...] = ("known-at", "event-time")
 
 
@@ -68,7 +72,7 @@ class FeatureView:
 
     @property
     def features(self) -> tuple[Column, ...]:
-        reserved = {*self.entity_keys, self.timestamp, self.created}
+        reserved = {*self.entity_keys, self.timestamp, self.created, KNOWN_AT}
         return tuple(c for c in self.columns if c.name not in reserved)
 
     @property

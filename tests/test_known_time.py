@@ -712,11 +712,14 @@ def _leaking_spine_rows(con: duckdb.DuckDBPyConnection, created: str) -> tuple[i
     return total, leaking
 
 
-def test_example_churn_set_leaks_with_the_naive_created_and_not_with_the_derived(duck: Any) -> None:
+def test_example_churn_set_leaks_with_the_naive_created_and_not_with_the_derived(
+    duck: Any, tmp_path: Path, tmp_path_factory: Any
+) -> None:
     from fsql.config import load_config
     from fsql.parsing.project import parse_project
+    from tests.projects import example_project
 
-    root = Path(__file__).parent.parent
+    root = example_project(tmp_path / "example", tmp_path_factory.getbasetemp())
     config = load_config(root)
     assert config.vars["spend_window_days"] == 30  # the frame and TTL written out below
     project = parse_project(config)

@@ -280,8 +280,9 @@ def reference(
         return "missing", none
 
     def order(r: dict[str, Any]) -> tuple:
-        created = (0,) if not view.created or r["created"] is None else (1, r["created"])
-        return (r["event"], created, *(_value_rank(r[field]) for _, field in view.features))
+        # Ties go to the greatest known time: the load time, or the event time when there is none.
+        known = r["created"] if view.created and r["created"] is not None else r["event"]
+        return (r["event"], known, *(_value_rank(r[field]) for _, field in view.features))
 
     winner = max(candidates, key=order)
     if view.ttl is not None and END1 + winner["event"] * MINUTE < END1 + now_offset * MINUTE - view.ttl:

@@ -97,7 +97,7 @@ from fsql.compiler.dialects import (
     natural_order,
     value_sort_keys,
 )
-from fsql.definitions import FeatureView, PitMode
+from fsql.definitions import KNOWN_AT, FeatureView, PitMode
 from fsql.errors import CompileError
 
 
@@ -154,7 +154,8 @@ def pit_view_of(
         relation=relation,
         keys=view.entity_keys,
         timestamp=view.timestamp,
-        created=view.created,
+        # the derived known time, not @created: a window value is known only when its whole frame is
+        created=KNOWN_AT if view.column(KNOWN_AT) is not None else view.created,
         ttl=view.ttl,
         features=tuple(features if features is not None else [(f, f) for f in view.feature_names]),
         value_columns=tuple((c.name, c.dtype) for c in view.features),

@@ -399,6 +399,8 @@ def _fingerprint(parsed: ParsedFile, views: dict[str, ParsedFile], config: Confi
         for ref in parsed.feature_refs:
             upstream[f"feature:{ref}"] = views[ref.view].fingerprint
     payload = {
+        # bumped when the same file compiles to different semantics (2: derived known time)
+        "semantics": 2,
         "kind": parsed.kind,
         "name": parsed.name,
         "sql": parsed.query.sql(dialect=parsed.dialect, comments=False, normalize=False),

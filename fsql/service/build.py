@@ -21,6 +21,7 @@ from fsql.compiler import pit
 from fsql.compiler.views import column_lineage, to_dialect
 from fsql.config import CONFIG_FILE
 from fsql.definitions import (
+    KNOWN_AT,
     Column,
     Entity,
     FeatureView,
@@ -155,7 +156,7 @@ class _Builder:
         lineage: list[LineageEdge] = []
         for name, view_file in self.parsed.views.items():
             self.say(f"building view {name}")
-            body = self.ctx.compile_body(view_file, engine.dialect)
+            body = self.ctx.compile_body(view_file, engine.dialect, views=self.parsed.views)
             with located(view_file):
                 engine.replace_view(name, body)
                 columns = engine.describe(exp.select("*").from_(self._table(name)).sql(dialect=engine.dialect))
@@ -232,7 +233,7 @@ class _Builder:
                     key=key,
                     hint=f"CAST({column} AS TIMESTAMP)",
                 )
-        reserved = {*entity.keys, parsed.timestamp, parsed.created}
+        reserved = {*entity.keys, parsed.timestamp, parsed.created, KNOWN_AT}
         if not [c for c in columns if c.name not in reserved]:
             raise parsed.error(f"feature view '{parsed.name}' selects no feature columns")
         previous = self.snapshot.view_definitions.get(parsed.name)

@@ -18,9 +18,10 @@ from typing import Any
 from sqlglot import exp
 
 from fsql.compiler import pit
+from fsql.compiler.known_time import derive_known_time, known_inputs
 from fsql.compiler.views import resolve_names, to_dialect
 from fsql.config import Config, RedisOnline, load_config
-from fsql.definitions import FeatureRef, FeatureView, PitMode, TrainingSet, output_names
+from fsql.definitions import KNOWN_AT, FeatureRef, FeatureView, PitMode, TrainingSet, output_names
 from fsql.engines import Engine, history_name, open_engine, view_table
 from fsql.errors import NotBuiltError
 from fsql.online import OnlineStore, open_online_store
@@ -156,9 +157,20 @@ class Context:
 
         return relation
 
-    def compile_body(self, parsed: ParsedFile, dialect: str, *, pretty: bool = False) -> str:
+    def compile_body(self, parsed: ParsedFile, dialect: str, *, views: Mapping[str, ParsedFile] | None = None,
+                     pretty: bool = False) -> str:
+        """A file's query for ``dialect``; a feature view's gains its derived known time
+        (``views``: the project's parsed views, whose timestamps upstream known times fall back to)."""
+        query = parsed.query
+        if parsed.kind == "feature_view":
+            upstream = {n: views[n].timestamp for n in parsed.references if views and n in views}
+            inputs = known_inputs(query, dialect=parsed.dialect, timestamp=parsed.timestamp, created=parsed.created,
+                                  sources=set(self.config.sources), views=upstream, path=parsed.path,
+                                  line=parsed.annotation_line("created"))
+            query = derive_known_time(query, dialect=parsed.dialect, inputs=inputs, column=KNOWN_AT,
+                                      created=parsed.created, path=parsed.path, file_line=parsed.file_line)
         names = set(self.config.sources) | set(parsed.references)
-        resolved = resolve_names(parsed.query, names, self.relation_for(dialect))
+        resolved = resolve_names(query, names, self.relation_for(dialect))
         return to_dialect(resolved, parsed.dialect, dialect, pretty=pretty, path=parsed.path, line=parsed.line)
 
     def pit_view(

@@ -17,7 +17,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from fsql.compiler import pit
-from fsql.definitions import FeatureView, arrow_type, as_utc
+from fsql.definitions import KNOWN_AT, FeatureView, arrow_type, as_utc
 from fsql.engines import view_table
 from fsql.errors import (
     FsqlError,
@@ -180,10 +180,12 @@ def _latest_sql(ctx: Context, view: FeatureView, start: datetime | None, end: da
 
 
 def _online_batch(batch: pa.RecordBatch, view: FeatureView, schema: pa.Schema) -> pa.RecordBatch:
-    """The engine's latest rows renamed and cast to what the online store expects."""
+    """The engine's latest rows renamed and cast to what the online store expects. The stored
+    "created" is the view's known time, the same column the offline tie order uses."""
+    pit_created = KNOWN_AT if view.column(KNOWN_AT) is not None else view.created
     arrays = []
     for field_ in schema:
-        source = {EVENT_TS: view.timestamp, CREATED: view.created}.get(field_.name, field_.name)
+        source = {EVENT_TS: view.timestamp, CREATED: pit_created}.get(field_.name, field_.name)
         if source is None:
             arrays.append(pa.nulls(batch.num_rows, field_.type))
             continue

@@ -50,7 +50,7 @@ def compile_sql(ctx: Context, name: str, dialect: str, *, pretty: bool = True, m
     mode = check_pit_mode(mode)
     parsed = parse_project(ctx.config)
     if name in parsed.views:
-        return ctx.compile_body(parsed.views[name], dialect, pretty=pretty)
+        return ctx.compile_body(parsed.views[name], dialect, views=parsed.views, pretty=pretty)
     if name not in parsed.training_sets:
         known = [*parsed.views, *parsed.training_sets]
         raise NotFoundError(f"no feature view or training set named '{name}'", hint=did_you_mean(name, known))
