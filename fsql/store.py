@@ -37,10 +37,13 @@ class Store:
         return self._ctx.config
 
     # Build -------------------------------------------------------------------------------------------
-    def build(self, *, allow_breaking: bool = False, progress: Callable[[str], None] | None = None) -> BuildResult:
-        """Validate every feature file, register it, create the generated views (atomic)."""
+    def build(self, *, allow_breaking: bool = False, progress: Callable[[str], None] | None = None,
+              skip_models: bool = False) -> BuildResult:
+        """Validate every feature file, register it, create the generated views (atomic).
+        ``skip_models`` registers no models (to train a first one, whose file does not exist yet)."""
         with self._ctx.warehouse(write=True):
-            result = build_service.build(self._ctx, allow_breaking=allow_breaking, progress=progress)
+            result = build_service.build(self._ctx, allow_breaking=allow_breaking, progress=progress,
+                                         skip_models=skip_models)
         if self._reader is not None:
             self._reader.invalidate()
         return result

@@ -120,6 +120,13 @@ class FeatureReader:
     def invalidate(self) -> None:
         self._plan = None
 
+    def reload(self) -> ServingPlan:
+        """Load the plan now and serve from it. A server calls this off the request path (at start, on
+        SIGHUP, when the registry version moves); a read in flight keeps the plan it started with."""
+        plan = ServingPlan.load(self.registry)
+        self._plan = (time.monotonic(), plan)
+        return plan
+
     def read(
         self,
         features: Sequence[str] | str,
