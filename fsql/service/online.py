@@ -187,6 +187,12 @@ class FeatureReader:
         return OnlineResult(data, dtypes, count)
 
 
+def entity_key(value: Any, dtype: str, name: str) -> Any:
+    """A request's entity key value checked against the key's recorded type (see ``_key_value``); a
+    server checks each request alone before batching it with others."""
+    return _key_value(value, dtype, name)
+
+
 def _key_value(value: Any, dtype: str, name: str) -> Any:
     """An entity key value from a request, accepted only when it is exactly a value of the key's type.
 
