@@ -353,7 +353,8 @@ def create_app(root: str | Path = ".", overrides: dict[str, dict[str, Any]] | No
     async def models(_request: Request) -> Response:
         serving = server.current()
         return JSON({"models": [{"name": b.model.name, "training_set": b.model.training_set,
-                                 "inputs": list(b.model.inputs), "keys": list(b.keys), "kind": b.model.kind}
+                                 "inputs": list(b.model.inputs), "keys": list(b.keys), "kind": b.model.kind,
+                                 "max_batch": b.model.max_batch, "max_wait_ms": b.model.max_wait_ms}
                                 for b in serving.models.values()]})
 
     async def healthz(_request: Request) -> Response:
