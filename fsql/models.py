@@ -171,8 +171,7 @@ def _sklearn(model: Model, path: Path) -> LoadedModel:
 
     def score(order: list[str], columns: Columns) -> list[float]:
         if expected is not None:
-            import pandas as pd
-
+            pd = require_extra("pandas", "ml")
             frame = pd.DataFrame({n: list(columns[n]) for n in order})
             return _output(method(frame))
         return _output(method(np.column_stack([_floats(columns[n]) for n in order])))

@@ -35,7 +35,14 @@ from starlette.types import ASGIApp
 
 from fsql.config import Config
 from fsql.definitions import Model, output_names
-from fsql.errors import FsqlError, did_you_mean, NotFoundError, OnlineStoreError, RequestError, UnavailableError
+from fsql.errors import (
+    FsqlError,
+    NotFoundError,
+    OnlineStoreError,
+    RequestError,
+    UnavailableError,
+    did_you_mean,
+)
 from fsql.models import LoadedModel, load_model
 from fsql.server.auth import ApiKeys
 from fsql.server.batching import MicroBatcher
