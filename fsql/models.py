@@ -186,7 +186,10 @@ def _python(model: Model, root: Path, line: int | None) -> LoadedModel:
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))  # the project's own modules, like feature files, live in its folder
     try:
-        function = getattr(importlib.import_module(module_name), attr)
+        module = importlib.import_module(module_name)
+        if Path(getattr(module, "__file__", None) or "/").resolve().is_relative_to(root.resolve()):
+            module = importlib.reload(module)  # the project's own code may have changed since (a rebuild)
+        function = getattr(module, attr)
     except (ImportError, AttributeError) as e:
         raise ConfigError(f"model '{model.name}': cannot import {model.entry_point}: {e}", path=CONFIG_FILE,
                           line=line, hint="the module must be importable from the project folder") from None

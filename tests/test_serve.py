@@ -298,3 +298,30 @@ def test_reload_under_load_drops_nothing(project: Path, sqlite_server: Running) 
         running.stop()
         with fsql.Store(project) as store:
             store.build()
+
+
+def test_build_checks_model_files_and_inputs(tmp_path: Path) -> None:
+    root = example_project(tmp_path / "proj", tmp_path.parent)
+    (root / "models" / "churn.onnx").unlink()
+    with fsql.Store(root) as store, pytest.raises(fsql.errors.ConfigError) as missing:
+        store.build()
+    assert str(missing.value).startswith("fsql.toml:") and "models/churn.onnx does not exist" in str(missing.value)
+    assert "\n" not in str(missing.value)
+    (root / "scorer.py").write_text(
+        "def score(columns):\n    return [0.5] * len(columns['spend_30d'])\n\n"
+        "score.inputs = ('spend_30d', 'orders_30d', 'lifetime_value')\n")
+    toml = (root / "fsql.toml").read_text()
+    (root / "fsql.toml").write_text(toml.replace('kind = "onnx"\npath = "models/churn.onnx"',
+                                                 'kind = "python"\nentry_point = "scorer:score"'))
+    with fsql.Store(root) as store, pytest.raises(fsql.errors.ConfigError) as mismatch:
+        store.build()
+    message = str(mismatch.value)
+    assert "expects input(s) lifetime_value" in message and "does not take feature(s) avg_order_value_30d" in message
+    (root / "scorer.py").write_text(
+        "def score(columns):\n    return [1.0 if v is None else v / 1000 for v in columns['spend_30d']]\n\n"
+        "score.inputs = ('spend_30d', 'orders_30d', 'avg_order_value_30d', 'country', 'segment', 'age')\n")
+    with fsql.Store(root) as store:
+        store.build()
+        scored = store.predict("churn")
+    expected = [1.0 if v is None else v / 1000 for v in scored["spend_30d"].to_list()]
+    assert scored["prediction"].to_list() == expected and scored.height > 1000
