@@ -203,7 +203,7 @@ def load(port: int, path: str, count: int, customers: int, seconds: float, conne
     script = work / f"load-{uuid.uuid4().hex[:6]}.lua"
     prefix = f'"features":["{VIEW}.*"],' if features else ""
     script.write_text(LUA.format(seed=int(time.time()), count=count, customers=customers, path=path, prefix=prefix))
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--latency", "-s", str(script),
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--timeout", "10s", "--latency", "-s", str(script),
                           f"http://127.0.0.1:{port}"], capture_output=True, text=True, check=True).stdout
 
     def latency(q: str) -> float:
@@ -214,6 +214,7 @@ def load(port: int, path: str, count: int, customers: int, seconds: float, conne
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    # A request still unanswered after wrk's timeout counts as failed too.
     errors = (int(bad.group(1)) if bad else 0) + (sum(int(g) for g in sockets.groups()) if sockets else 0)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     return {"p50": latency("50"), "p99": latency("99"), "rps": rps, "requests": requests, "errors": errors}

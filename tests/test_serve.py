@@ -325,3 +325,24 @@ def test_build_checks_model_files_and_inputs(tmp_path: Path) -> None:
         scored = store.predict("churn")
     expected = [1.0 if v is None else v / 1000 for v in scored["spend_30d"].to_list()]
     assert scored["prediction"].to_list() == expected and scored.height > 1000
+
+
+def test_unbuilt_project_is_not_ready_until_built(tmp_path: Path) -> None:
+    root = example_project(tmp_path / "proj", tmp_path.parent)
+    running = Running(root, {"server": {"reload_poll_s": 0.2}}, log_features=False)
+    try:
+        assert running.client.get("/healthz").status_code == 200
+        not_ready = running.client.get("/readyz")
+        assert not_ready.status_code == 503 and "fsql build" in not_ready.json()["hint"]
+        features = running.client.post("/v1/features", json={"features": ["customer_spend.*"], "entities": {"customer_id": [1]}})
+        assert features.status_code == 503 and set(features.json()) == {"error", "message", "hint"}
+        with fsql.Store(root) as store:
+            store.build()
+        deadline = time.monotonic() + 20
+        while running.client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "the build was not picked up"
+            time.sleep(0.1)
+        answer = running.client.post("/v1/features", json={"features": ["customer_spend.*"], "entities": {"customer_id": [1]}})
+        assert answer.json()["columns"]["spend_30d__status"] == ["not_materialized"]
+    finally:
+        running.stop()

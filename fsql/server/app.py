@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import signal
 import threading
@@ -37,6 +38,7 @@ from fsql.config import Config
 from fsql.definitions import Model, output_names
 from fsql.errors import (
     FsqlError,
+    NotBuiltError,
     NotFoundError,
     OnlineStoreError,
     RequestError,
@@ -112,6 +114,8 @@ class FsqlServer:
         """A complete serving state (runs in a thread: registry reads, model files)."""
         reader = FeatureReader(self.ctx.registry, self.ctx.online_store, max_age=float("inf"))
         plan = reader.reload()
+        if not plan.views:
+            raise NotBuiltError("the registry holds no feature views", hint="run `fsql build`")
         models = {}
         for name, model in self.ctx.registry.snapshot().model_definitions.items():
             training_set = plan.training_sets.get(model.training_set)
@@ -129,10 +133,10 @@ class FsqlServer:
     async def reload(self, *, force: bool = False) -> bool:
         """Load a new state if the registry changed (or ``force``); True when a new state is in place."""
         async with self._reload_lock:
-            version = await asyncio.to_thread(self.ctx.registry.version)
-            if not force and self.serving is not None and self.serving.version == version:
-                return False
             try:
+                version = await asyncio.to_thread(self.ctx.registry.version)
+                if not force and self.serving is not None and self.serving.version == version:
+                    return False
                 serving = await asyncio.to_thread(self._load, version)
             except FsqlError as e:
                 self._load_error = str(e)
@@ -368,10 +372,11 @@ def create_app(root: str | Path = ".", overrides: dict[str, dict[str, Any]] | No
         return JSON({"status": "ok"})
 
     async def readyz(_request: Request) -> Response:
-        serving = server.current()
+        serving = server.current()  # holds at least one view: an empty registry is not served
         table = next(iter(serving.plan.tables.values()))
         await asyncio.to_thread(server.ctx.online_store.has_marker, table)  # reaches the store or raises
-        return JSON({"status": "ready", "plan": serving.version, "models": list(serving.models)})
+        plan = hashlib.sha256(serving.version.encode()).hexdigest()[:12]
+        return JSON({"status": "ready", "plan": plan, "models": list(serving.models)})
 
     async def metrics_route(_request: Request) -> Response:
         return Response(metrics.export(), media_type="text/plain; version=0.0.4")
