@@ -487,5 +487,74 @@ def query(
             typer.echo(f"({frame.height:,} rows; showing {limit})")
 
 
+
+# Serving and models ------------------------------------------------------------------------------------
+
+
+@app.command()
+@handles_errors
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8766,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    no_batching: Annotated[bool, typer.Option("--no-batching", help="Score each predict request alone.")] = False,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Serve online features and model predictions over HTTP (POST /v1/features, /v1/models/NAME/predict)."""
+    from fsql.server import serve as run
+
+    run(project, host=host, port=port, workers=workers, batching=not no_batching)
+
+
+@app.command()
+@handles_errors
+def predict(
+    model: Annotated[str, typer.Argument(help="A model declared under [models] in fsql.toml.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output file: .parquet, .csv or .jsonl.")],
+    spine: Annotated[str | None, typer.Option(help="Spine: a .parquet/.csv file, a source or view name, or a SELECT; default: the training set's own.")] = None,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Score a spine in batch: the model's training set point-in-time, then the model (same code as serving)."""
+    import polars as pl
+
+    fmt = OUTPUT_FORMATS.get(output.suffix.lower())
+    if fmt is None:
+        raise RequestError(f"cannot write '{output}': unknown file type '{output.suffix}'",
+                           hint="use a .parquet, .csv or .jsonl file name")
+    with _store(project) as store:
+        spine_data: Any = spine
+        if spine and Path(spine).suffix in (".parquet", ".csv") and Path(spine).exists():
+            spine_data = pl.read_parquet(spine) if spine.endswith(".parquet") else pl.read_csv(spine, try_parse_dates=True)
+        began = time.perf_counter()
+        frame = store.predict(model, spine=spine_data)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        {"parquet": frame.write_parquet, "csv": frame.write_csv, "json": frame.write_ndjson}[fmt](output)
+        typer.echo(f"scored {frame.height:,} rows with {model}; wrote {output} in {time.perf_counter() - began:.2f}s")
+
+
+@app.command()
+@handles_errors
+def skew(
+    model: Annotated[str, typer.Argument(help="A served model.")],
+    since: Annotated[str | None, typer.Option(help="Only requests served from this time on (ISO).")] = None,
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare the features served for MODEL (the server's log) with the training set recomputed
+    point-in-time at each request's time: per feature, the share of rows that differ."""
+    with _store(project) as store:
+        report = store.skew(model, since=_parse_time(since, "--since"))
+    if as_json:
+        _json(report.to_dict())
+    else:
+        typer.echo(f"{model}: {report.rows:,} served rows compared, {report.differing:,} differing values")
+        for feature in report.features:
+            typer.echo(f"  {feature.feature:<28} {feature.differing:>7,} differ ({feature.share:.2%})")
+            for example in feature.examples:
+                typer.echo(f"      e.g. {example}")
+    if report.differing:
+        raise typer.Exit(2)
+
+
 if __name__ == "__main__":
     app()

@@ -121,6 +121,21 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class ServerConfig:
+    """``[server]``: what `fsql serve` accepts. API keys are read from the environment variable named
+    by ``api_key_env`` (comma-separated keys); unset or empty means no authentication."""
+
+    api_key_env: str | None = None
+    max_body_bytes: int = 1_048_576
+    max_entities: int = 1_000
+    log_features: bool = True  # served features, statuses and predictions → .fsql/logs/<model>/
+    log_queue: int = 10_000  # rows waiting to be written; when full, rows are dropped and counted
+    log_level: str = "warning"  # uvicorn's log level
+    access_log: bool = False
+    reload_poll_s: float = 1.0  # how often the registry version is polled for a new build
+
+
+@dataclass(frozen=True)
 class Config:
     root: Path
     name: str
@@ -131,6 +146,7 @@ class Config:
     entities: dict[str, EntityConfig] = field(default_factory=dict)
     sources: dict[str, SourceConfig] = field(default_factory=dict)
     models: dict[str, ModelConfig] = field(default_factory=dict)
+    server: ServerConfig = field(default_factory=ServerConfig)
     vars: dict[str, Any] = field(default_factory=dict)
     features_dir: str = "features"
     macros_dir: str = "macros"
@@ -155,6 +171,7 @@ _SECTIONS: dict[str, set[str]] = {
     "entities": set(),
     "sources": set(),
     "models": set(),
+    "server": {f.name for f in fields(ServerConfig)},
 }
 _ENTITY_KEYS = {"keys", "description"}
 _SOURCE_KEYS = {"path", "table", "format", "description"}
@@ -258,6 +275,7 @@ def load_config(root: str | Path = ".", overrides: dict[str, dict[str, Any]] | N
         entities=_named(file, data, "entities", _ENTITY_KEYS, _entity),
         sources=_named(file, data, "sources", _SOURCE_KEYS, _source),
         models=_named(file, data, "models", _MODEL_KEYS, _model),
+        server=_server(file, data.get("server", {})),
         vars=dict(data.get("vars", {})),
         features_dir=project.get("features_dir", "features"),
         macros_dir=project.get("macros_dir", "macros"),
@@ -339,3 +357,28 @@ def _model(file: _File, name: str, body: dict[str, Any], line: int) -> ModelConf
     batching = file.table(body.get("batching", {}), f"models.{name}.batching", _BATCHING_KEYS)
     return ModelConfig(name, body["training_set"], kind, body.get("path"), body.get("entry_point"),
                        Batching(**batching), line)
+
+
+def _server(file: _File, body: dict[str, Any]) -> ServerConfig:
+    values = {k: file.env(v, f"[server] {k}", "server") for k, v in body.items()}
+    for f in fields(ServerConfig):
+        if f.name not in values:
+            continue
+        value, default = values[f.name], f.default
+        ok = (isinstance(value, bool) if isinstance(default, bool)
+              else isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+              if isinstance(default, int | float) else isinstance(value, str))
+        if not ok:
+            want = "true or false" if isinstance(default, bool) else (
+                "a positive number" if isinstance(default, int | float) else "a string")
+            raise file.error(f"[server] {f.name} must be {want}, not {value!r}", line=file.line_of(f.name))
+    if values.get("api_key_env") is not None and not _IDENT.match(values["api_key_env"]):
+        raise file.error(f"[server] api_key_env must name an environment variable, not {values['api_key_env']!r}",
+                         line=file.line_of("api_key_env"), hint='e.g. api_key_env = "FSQL_API_KEYS"')
+    if "log_level" in values and values["log_level"] not in ("critical", "error", "warning", "info", "debug"):
+        raise file.error(f"[server] unknown log_level '{values['log_level']}'", line=file.line_of("log_level"),
+                         hint="use critical, error, warning, info or debug")
+    for name in ("max_body_bytes", "max_entities", "log_queue"):
+        if name in values:
+            values[name] = int(values[name])
+    return ServerConfig(**values)

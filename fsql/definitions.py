@@ -124,6 +124,12 @@ class Model:
     path: str | None = None
     entry_point: str | None = None
     kind: str = "python"
+    # The training-set columns the model takes, in the order it takes them, fixed at build time so
+    # online and batch scoring feed it identically.
+    inputs: tuple[str, ...] = ()
+    digest: str | None = None  # content hash of the model file: a retrained file is a new version
+    max_batch: int = 64
+    max_wait_ms: float = 2.0
 
 
 @dataclass(frozen=True)

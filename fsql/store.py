@@ -10,16 +10,18 @@ from typing import Any
 import polars as pl
 
 from fsql.config import Config
-from fsql.definitions import FeatureView, PitMode, TrainingSet
+from fsql.definitions import FeatureView, PitMode, TrainingSet, output_names
 from fsql.errors import NotFoundError, did_you_mean
 from fsql.registry import LineageGraph, RunRecord, SearchHit, TrainingSetRecord, ViewRecord, ViewVersion
 from fsql.service import build as build_service
 from fsql.service import materialize as materialize_service
 from fsql.service import offline
+from fsql.service import predict as predict_service
 from fsql.service.build import BuildResult
 from fsql.service.context import Context
 from fsql.service.materialize import RunResult
 from fsql.service.online import FeatureReader
+from fsql.service.predict import SkewReport
 
 
 class Store:
@@ -37,10 +39,13 @@ class Store:
         return self._ctx.config
 
     # Build -------------------------------------------------------------------------------------------
-    def build(self, *, allow_breaking: bool = False, progress: Callable[[str], None] | None = None) -> BuildResult:
-        """Validate every feature file, register it, create the generated views (atomic)."""
+    def build(self, *, allow_breaking: bool = False, progress: Callable[[str], None] | None = None,
+              skip_models: bool = False) -> BuildResult:
+        """Validate every feature file, register it, create the generated views (atomic).
+        ``skip_models`` registers no models (to train a first one, whose file does not exist yet)."""
         with self._ctx.warehouse(write=True):
-            result = build_service.build(self._ctx, allow_breaking=allow_breaking, progress=progress)
+            result = build_service.build(self._ctx, allow_breaking=allow_breaking, progress=progress,
+                                         skip_models=skip_models)
         if self._reader is not None:
             self._reader.invalidate()
         return result
@@ -149,6 +154,32 @@ class Store:
 
     def history(self, view: str) -> list[ViewVersion]:
         return self._ctx.registry.view_history(view)
+
+    # Models ------------------------------------------------------------------------------------------
+    def predict(self, model: str, *, spine: Any = None) -> pl.DataFrame:
+        """The model's training set computed point-in-time for ``spine`` (default: the set's own spine),
+        with a ``prediction`` column: the batch twin of `/v1/models/{name}/predict`."""
+        definition, _ = predict_service.registered_model(self._ctx, model)
+        loaded = predict_service.load(self._ctx, definition)
+        with self._ctx.warehouse(write=False):
+            table = offline.training_set(self._ctx, definition.training_set, spine=spine)
+        return pl.from_arrow(predict_service.score_table(definition, loaded, table))  # type: ignore[return-value]
+
+    def skew(self, model: str, *, since: datetime | None = None, examples: int = 5) -> SkewReport:
+        """Served features (the server's log) against the training set recomputed point-in-time at each
+        logged request's time and entity; 0 differences on a healthy project."""
+        definition, training_set = predict_service.registered_model(self._ctx, model)
+        log = predict_service.read_log(self.config.root, model, since)
+        views = self._ctx.definitions().views
+        keys = list(dict.fromkeys(k for ref in training_set.features for k in views[ref.view].entity_keys))
+        spine = predict_service.skew_spine(log, training_set, keys)
+        with self._ctx.warehouse(write=False):
+            recomputed = pl.from_arrow(offline.training_set(self._ctx, training_set.name, spine=spine))
+        by_ref = predict_service.set_columns(training_set)
+        again = output_names(training_set.features, spine.columns)
+        columns = {by_ref[str(ref)]: again[ref] for ref in training_set.features}
+        return predict_service.compare(definition, log, recomputed, keys, columns,  # type: ignore[arg-type]
+                                       examples=examples)
 
     # Lifecycle ---------------------------------------------------------------------------------------
     def close(self) -> None:

@@ -169,7 +169,9 @@ def readme_first_command() -> str:
 
 def copy_of_the_clone(target: Path) -> Path:
     """The example project's files as a fresh clone has them: no Parquet, only the sample marker."""
-    for name in ("fsql.toml", *(f"features/{p.name}" for p in (ROOT / "features").glob("*.sql")), str(MARKER)):
+    committed = [*(f"features/{p.name}" for p in (ROOT / "features").glob("*.sql")),
+                 *(f"models/{p.name}" for p in (ROOT / "models").glob("*.onnx"))]
+    for name in ("fsql.toml", *committed, str(MARKER)):
         (target / name).parent.mkdir(parents=True, exist_ok=True)
         (target / name).write_bytes((ROOT / name).read_bytes())
     assert not list(target.rglob("*.parquet"))
@@ -315,7 +317,7 @@ def test_a_broken_sample_marker_is_one_line(tmp_path: Path, text: str, message: 
 def test_init_without_sample_writes_no_data_and_no_marker(tmp_path: Path) -> None:
     created = scaffold(tmp_path / "bare", with_data=False)
     assert not (tmp_path / "bare" / "data").exists()
-    assert all(p.suffix == ".sql" or p.name == "fsql.toml" for p in created)
+    assert all(p.suffix in (".sql", ".onnx") or p.name == "fsql.toml" for p in created)
     assert ensure_fresh(tmp_path / "bare") == []
 
 
@@ -326,7 +328,8 @@ def test_the_repository_root_is_the_scaffold() -> None:
     assert Path("fsql.toml") in template and MARKER in template
     for relative in template:
         assert filecmp.cmp(PROJECT_FILES / relative, ROOT / relative, shallow=False), relative
-    root_files = {p.relative_to(ROOT) for p in [ROOT / "fsql.toml", *(ROOT / "features").rglob("*.sql"), ROOT / MARKER]}
+    root_files = {p.relative_to(ROOT) for p in [ROOT / "fsql.toml", *(ROOT / "features").rglob("*.sql"),
+                                                 *(ROOT / "models").glob("*.onnx"), ROOT / MARKER]}
     assert root_files == set(template)
     ignored = subprocess.run(["git", "check-ignore", "-q", "data/orders.parquet"], cwd=ROOT)
     assert ignored.returncode == 0, "data/*.parquet at the root must be ignored: it is generated"

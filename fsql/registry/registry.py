@@ -620,6 +620,20 @@ class Registry:
         with self._errors("read"), self._read() as conn:
             return _snapshot(conn)
 
+    def version(self) -> str:
+        """A token that changes whenever what a server loads changes: definitions (a build) or the set
+        of view versions ever materialized. One small query, cheap enough to poll every second."""
+        tables = (t.feature_views, t.training_sets, t.models)
+        ms = t.materialization_state
+        probes = [sa.select(agg).select_from(table).scalar_subquery()
+                  for table in tables
+                  for agg in (sa.func.count(), sa.func.max(table.c.updated_at), sa.func.max(table.c.removed_at))]
+        probes.append(sa.select(sa.func.count()).select_from(ms).where(ms.c.last_success_at.is_not(None))
+                      .scalar_subquery())
+        with self._errors("read"), self._read() as conn:
+            row = conn.execute(sa.select(*probes)).one()
+        return "|".join(str(v) for v in row)
+
     @contextmanager
     def transaction(self) -> Iterator[RegistryTransaction]:
         """A write transaction: commits on clean exit, rolls back if the block raises.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sqlglot
@@ -19,7 +19,7 @@ from sqlglot import exp
 
 from fsql.compiler import pit
 from fsql.compiler.views import column_lineage, to_dialect
-from fsql.config import CONFIG_FILE
+from fsql.config import CONFIG_FILE, ModelConfig
 from fsql.definitions import (
     KNOWN_AT,
     Column,
@@ -34,8 +34,9 @@ from fsql.definitions import (
 )
 from fsql.engines import history_name
 from fsql.errors import ConfigError, EngineError, FeatureFileError, UnavailableError, did_you_mean
+from fsql.models import bind_inputs, file_digest, load_model, model_file
 from fsql.parsing.project import ParsedFile, ParsedProject, parse_project
-from fsql.registry import LineageEdge, RegistrySnapshot
+from fsql.registry import LineageEdge, RegistrySnapshot, model_fingerprint
 from fsql.registry.diff import Change, diff_definitions
 from fsql.service.context import Context
 
@@ -96,6 +97,7 @@ def build(
     force: bool = False,
     dry_run: bool = False,
     progress: Progress | None = None,
+    skip_models: bool = False,
 ) -> BuildResult:
     say = progress or (lambda _msg: None)
     parsed = parse_project(ctx.config)
@@ -110,13 +112,16 @@ def build(
     missing = sorted(expected - set(existing))
     ctx.invalidate()
     builder = _Builder(ctx, parsed, snapshot, allow_breaking, say)
+    builder.skip_models = skip_models
     result: BuildResult | None = None
     try:
         with ctx.registry.transaction() as tx, engine.transaction():
             project, compiled, lineage, loaded = builder.run(existing, missing)
             changes = diff_definitions(project, snapshot.view_definitions, snapshot.training_set_definitions)
             _note_missing(changes, missing)
-            nothing = not force and not missing and not any(c.action != "unchanged" for c in changes)
+            models_changed = {n: model_fingerprint(m) for n, m in project.models.items()} != snapshot.models
+            nothing = (not force and not missing and not models_changed
+                       and not any(c.action != "unchanged" for c in changes))
             result = BuildResult(changes, built=not (dry_run or nothing), views=list(project.views),
                                  training_sets=list(project.training_sets), reloaded=loaded, missing=missing)
             if dry_run or (nothing and not loaded):
@@ -137,6 +142,7 @@ class _Builder:
         self.allow_breaking, self.say = allow_breaking, say
         self.engine = ctx.engine
         self.schema = ctx.config.warehouse.schema
+        self.skip_models = False
 
     def run(self, existing: dict[str, str], missing: list[str]
             ) -> tuple[Project, dict[str, dict[str, str]], list[LineageEdge], list[str]]:
@@ -185,7 +191,8 @@ class _Builder:
             sources={n: Source(n, s.path, s.table, s.format, s.description) for n, s in config.sources.items()},
             views=views,
             training_sets=sets,
-            models=self._models(sets),
+            # Skipped to train a first model: its declared file does not exist before training.
+            models={} if self.skip_models else self._models(sets),
         )
         return project, compiled, lineage, loaded
 
@@ -196,7 +203,7 @@ class _Builder:
                 raise ConfigError(f"model '{name}' uses unknown training set '{model.training_set}'",
                                   path=CONFIG_FILE, line=model.line,
                                   hint=did_you_mean(model.training_set, sets) or "define it under features/")
-            models[name] = Model(name, model.training_set, model.path, model.entry_point, model.kind)
+            models[name] = _bind_model(self.ctx, model, sets[model.training_set])
         return models
 
     def _table(self, name: str) -> exp.Table:
@@ -325,6 +332,19 @@ class _Builder:
         sql = to_dialect(query, engine.dialect, engine.dialect, path=parsed.path, line=parsed.line,
                          rewrite_asof=False)
         return definition, sql
+
+
+def _bind_model(ctx: Context, config: ModelConfig, training_set: TrainingSet) -> Model:
+    """The registered model: its file loaded once to check that its inputs are the set's features, and
+    the column order to feed it recorded, so serving never has to guess."""
+    model = Model(config.name, config.training_set, config.path, config.entry_point, config.kind,
+                  max_batch=config.batching.max_batch, max_wait_ms=config.batching.max_wait_ms)
+    outputs = output_names(training_set.features, [c.name for c in training_set.spine_columns])
+    features = [outputs[ref] for ref in training_set.features]
+    loaded = load_model(model, ctx.config.root, line=config.line)
+    inputs = bind_inputs(loaded, features, line=config.line)
+    digest = file_digest(model_file(model, ctx.config.root, config.line)) if model.path else None
+    return replace(model, inputs=inputs, digest=digest)
 
 
 def _note_missing(changes: list[Change], missing: list[str]) -> None:

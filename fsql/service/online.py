@@ -120,6 +120,13 @@ class FeatureReader:
     def invalidate(self) -> None:
         self._plan = None
 
+    def reload(self) -> ServingPlan:
+        """Load the plan now and serve from it. A server calls this off the request path (at start, on
+        SIGHUP, when the registry version moves); a read in flight keeps the plan it started with."""
+        plan = ServingPlan.load(self.registry)
+        self._plan = (time.monotonic(), plan)
+        return plan
+
     def read(
         self,
         features: Sequence[str] | str,
@@ -179,6 +186,12 @@ class FeatureReader:
                 data[f"{out}{STATUS_SUFFIX}"] = statuses
                 dtypes[out] = plan.dtypes[(ref.view, ref.feature)]
         return OnlineResult(data, dtypes, count)
+
+
+def entity_key(value: Any, dtype: str, name: str) -> Any:
+    """A request's entity key value checked against the key's recorded type (see ``_key_value``); a
+    server checks each request alone before batching it with others."""
+    return _key_value(value, dtype, name)
 
 
 def _key_value(value: Any, dtype: str, name: str) -> Any:

@@ -1,0 +1,34 @@
+"""`fsql serve`: the HTTP feature and model server (ASGI: Starlette on uvicorn)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from starlette.applications import Starlette
+
+from fsql.server.app import create_app, mount_root
+
+ROOT_ENV = "FSQL_SERVE_ROOT"
+BATCHING_ENV = "FSQL_SERVE_BATCHING"
+
+__all__ = ["create_app", "factory", "mount_root", "serve"]
+
+
+def factory() -> Starlette:
+    """The app for ``uvicorn --factory fsql.server:factory`` (each worker process builds its own)."""
+    return create_app(os.environ.get(ROOT_ENV, "."), batching=os.environ.get(BATCHING_ENV, "1") != "0")
+
+
+def serve(root: str | Path = ".", *, host: str = "127.0.0.1", port: int = 8766, workers: int = 1,
+          batching: bool = True) -> None:
+    """Run the server in the foreground until interrupted."""
+    import uvicorn
+
+    from fsql.config import load_config
+
+    settings = load_config(root).server  # fail on a bad [server] section before binding the port
+    os.environ[ROOT_ENV] = str(Path(root).resolve())
+    os.environ[BATCHING_ENV] = "1" if batching else "0"
+    uvicorn.run("fsql.server:factory", factory=True, host=host, port=port, workers=workers, loop="uvloop",
+                http="httptools", log_level=settings.log_level, access_log=settings.access_log)
