@@ -10,7 +10,7 @@ from typing import Any
 import polars as pl
 
 from fsql.config import Config
-from fsql.definitions import FeatureView, PitMode, TrainingSet, parse_ref
+from fsql.definitions import FeatureView, Model, PitMode, TrainingSet, parse_ref
 from fsql.errors import NotFoundError, did_you_mean
 from fsql.registry import LineageGraph, RunRecord, SearchHit, TrainingSetRecord, ViewRecord, ViewVersion
 from fsql.registry.catalog import FeatureLineage, RankedHit, Revision, StatsRecord, VersionDiff, version_diff
@@ -183,6 +183,10 @@ class Store:
                      ) -> list[StatsRecord]:
         """Statistics as stored (never queries the warehouse)."""
         return self._ctx.registry.stats(view, version, scope)
+
+    def models(self) -> list[Model]:
+        """Registered models (from ``[models]`` in fsql.toml), each bound to a training set."""
+        return sorted(self._ctx.registry.snapshot().model_definitions.values(), key=lambda m: m.name)
 
     def check(self) -> CheckResult:
         """Parse and validate every feature file and apply the [governance] rules; touches no database."""
