@@ -118,7 +118,7 @@ def _histogram(engine: Engine, source: exp.Expression, column: Column, low: floa
     if high == low:
         return {"edges": [low, high], "counts": None}
     width = (high - low) / bins
-    offset = exp.Div(this=exp.Sub(this=value.copy(), expression=exp.Literal.number(repr(low))),
+    offset = exp.Div(this=exp.paren(exp.Sub(this=value.copy(), expression=exp.Literal.number(repr(low)))),
                      expression=exp.Literal.number(repr(width)))
     bucket = exp.Least(this=exp.cast(exp.Floor(this=offset), exp.DataType.build("int")),
                        expressions=[exp.Literal.number(bins - 1)])

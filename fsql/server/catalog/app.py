@@ -14,6 +14,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from fsql.errors import FsqlError, NotFoundError
+from fsql.registry.diff import pretty
 from fsql.server.catalog.graphics import NodeKey, histogram, lineage_graph
 from fsql.store import Store
 
@@ -29,6 +30,7 @@ def _env() -> Environment:
     env.filters["num"] = _num
     env.filters["pct"] = lambda v: "–" if v is None else f"{v:.1%}"
     env.globals["url"] = url
+    env.globals["pretty_sql"] = pretty
     return env
 
 
