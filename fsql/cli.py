@@ -271,9 +271,17 @@ def ls(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
 
 @app.command()
 @handles_errors
-def describe(name: str, project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
+def describe(
+    name: str,
+    history: Annotated[bool, typer.Option("--history", help="List every version: fingerprint, when, git commit, verdict, runs.")] = False,
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
     """Show one feature view or training set: keys, timing, features with types and descriptions."""
     with _store(project) as store:
+        if history:
+            _print_history(store.revisions(name), as_json)
+            return
         record = store.describe(name)
         item = _view_item(record) if hasattr(record, "entity") else _set_item(record, _spine_columns(store, name))
         if as_json:
@@ -304,8 +312,12 @@ def lineage(
     project: ProjectOpt = Path("."),
     as_json: JsonOpt = False,
 ) -> None:
-    """Column-level lineage of a view or training set: what it reads and what reads it."""
+    """Column-level lineage of a view or training set, or of one feature (NAME.FEATURE: up to source
+    columns, down to training sets and models): what it reads and what reads it."""
     with _store(project) as store:
+        if "." in name:
+            _print_feature_lineage(store.feature_lineage(name), as_json)
+            return
         graph = store.lineage(name, transitive=transitive)
         if as_json:
             _json(graph)
@@ -329,10 +341,18 @@ def lineage(
 
 @app.command()
 @handles_errors
-def search(text: str, project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
-    """Search views, features and training sets by name, description and tags."""
+def search(
+    text: Annotated[str, typer.Argument(help="Words to find; every word must match.")] = "",
+    owner: Annotated[str | None, typer.Option("--owner", help="Only objects with this owner.")] = None,
+    tag: Annotated[str | None, typer.Option("--tag", help="Only objects with this tag.")] = None,
+    entity: Annotated[str | None, typer.Option("--entity", help="Only views (and their features) of this entity.")] = None,
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Search views, features and training sets by name, feature name, tag, owner and description,
+    ranked in that order."""
     with _store(project) as store:
-        hits = store.search(text)
+        hits = store.search_ranked(text, owner=owner, tag=tag, entity=entity)
         if as_json:
             _json(hits)
             return
@@ -487,6 +507,44 @@ def query(
             typer.echo(f"({frame.height:,} rows; showing {limit})")
 
 
+# Catalog commands ------------------------------------------------------------------------------------
+
+
+def _print_history(revisions: list[Any], as_json: bool) -> None:
+    if as_json:
+        _json([{k: v for k, v in r.to_dict().items() if k != "definition"} for r in revisions])
+        return
+    for r in revisions:
+        verdict = "breaking" if r.breaking else "compatible"
+        commit = (r.git_commit or "-")[:12] + ("+dirty" if (r.git_commit or "").endswith("+dirty") else "")
+        mark = "*" if r.current else " "
+        typer.echo(f"{mark} r{r.revision:<3} {r.version}  {r.created_at:%Y-%m-%d %H:%M:%S}  git {commit:<18} "
+                   f"{verdict:<10} {'; '.join(r.reasons)}")
+        for run in r.runs:
+            rows = f"{run.rows:,} rows" if run.rows is not None else ""
+            typer.echo(f"        run {run.id:<5} {run.outcome:<8} {run.started_at:%Y-%m-%d %H:%M:%S}  {rows}")
+
+
+def _print_feature_lineage(graph: Any, as_json: bool) -> None:
+    if as_json:
+        _json(graph)
+        return
+
+    def end(kind: str, name: str, column: str | None) -> str:
+        return f"{kind} {name}.{column}" if column else f"{kind} {name}"
+
+    typer.echo(f"feature {graph.view}.{graph.feature} v{graph.version}")
+    if graph.upstream:
+        typer.echo("reads:")
+        for e in graph.upstream:
+            typer.echo(f"  {e.downstream_name}.{e.downstream_column or '*':<30} <- "
+                       f"{end(e.upstream_kind, e.upstream_name, e.upstream_column)}")
+    if graph.downstream:
+        typer.echo("read by:")
+        for e in graph.downstream:
+            source = f"{e.upstream_name}.{e.upstream_column}" if e.upstream_column else e.upstream_name
+            typer.echo(f"  {source:<40} -> {end(e.downstream_kind, e.downstream_name, e.downstream_column)}")
+
 
 # Serving and models ------------------------------------------------------------------------------------
 
@@ -554,6 +612,112 @@ def skew(
                 typer.echo(f"      e.g. {example}")
     if report.differing:
         raise typer.Exit(2)
+
+
+@app.command()
+@handles_errors
+def diff(
+    name: Annotated[str, typer.Argument(help="A feature view or training set.")],
+    old: Annotated[str | None, typer.Argument(help="Revision number or version hash (default: the one before NEW).")] = None,
+    new: Annotated[str | None, typer.Argument(help="Revision number or version hash (default: the current one).")] = None,
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare two versions of a view: the SQL change and each changed column with its verdict."""
+    with _store(project) as store:
+        result = store.diff(name, old, new)
+        if as_json:
+            _json(result)
+            return
+        verdict = "breaking" if result.breaking else "compatible"
+        typer.echo(f"{name}: r{result.old.revision} ({result.old.version}) -> r{result.new.revision} "
+                   f"({result.new.version}): {result.action}, {verdict}")
+        for reason in result.reasons:
+            typer.echo(f"  - {reason}")
+        for column in result.columns:
+            flag = "breaking" if column["breaking"] else "compatible"
+            detail = f" ({column['detail']})" if column["detail"] else ""
+            typer.echo(f"  {column['name']:<28} {column['action']:<11} {flag}{detail}")
+        if result.sql_diff:
+            typer.echo("")
+            for line in result.sql_diff:
+                typer.echo(line)
+
+
+@app.command()
+@handles_errors
+def check(project: ProjectOpt = Path("."), variables: VarOpt = None, as_json: JsonOpt = False) -> None:
+    """Parse and validate every feature file and apply the [governance] rules, touching no database."""
+    with _store(project, variables) as store:
+        result = store.check()
+        if as_json:
+            _json(result)
+        else:
+            for violation in result.violations:
+                typer.echo(str(violation), err=True)
+            if result.ok:
+                typer.echo(f"ok: {len(result.views)} feature views and {len(result.training_sets)} training sets")
+        if not result.ok:
+            raise typer.Exit(1)
+
+
+@app.command()
+@handles_errors
+def stats(
+    view: Annotated[str, typer.Argument(help="A feature view.")],
+    at: Annotated[str | None, typer.Option("--at", help="Describe the data as known at this ISO time (default now).")] = None,
+    latest: Annotated[bool, typer.Option("--latest", help="Over the latest row per entity instead of the history.")] = False,
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Compute per-feature statistics in the engine and store them in the registry."""
+    with _store(project) as store:
+        records = store.compute_stats(view, at=_parse_time(at, "--at"), scope="latest" if latest else "history")
+        if as_json:
+            _json(records)
+            return
+        if records:
+            first = records[0]
+            typer.echo(f"{view} v{first.version} {first.scope} as of {first.as_of:%Y-%m-%d %H:%M:%S}: "
+                       f"{first.stats['rows']:,} rows, {first.stats['entities']:,} entities")
+
+        def num(value: Any) -> str:
+            if value is None:
+                return "-"
+            return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+        for r in records:
+            s = r.stats
+            nulls = "-" if s["null_rate"] is None else f"{s['null_rate']:.1%}"
+            line = f"  {r.feature:<28} {s['dtype']:<10} nulls {nulls:>6}  distinct {s['distinct']:>8,}"
+            if s.get("numeric"):
+                line += "  " + "  ".join(f"{k} {num(s.get(k))}" for k in ("min", "p1", "p50", "mean", "p99", "max", "std"))
+            else:
+                line += f"  min {num(s['min'])}  max {num(s['max'])}"
+            typer.echo(line)
+
+
+@app.command()
+@handles_errors
+def ui(
+    project: ProjectOpt = Path("."),
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 8765,
+    open_browser: Annotated[bool, typer.Option("--open/--no-open", help="Open the page in a browser.")] = True,
+) -> None:
+    """Serve the catalog page on 127.0.0.1 (read-only; reads only the registry)."""
+    import threading
+    import webbrowser
+
+    import uvicorn
+
+    from fsql.server.catalog import catalog_app
+
+    with _store(project) as store:
+        url = f"http://127.0.0.1:{port}/"
+        typer.echo(f"catalog of {store.config.name} at {url} (Ctrl+C to stop)")
+        if open_browser:
+            threading.Timer(0.8, lambda: webbrowser.open(url)).start()
+        uvicorn.run(catalog_app(store), host="127.0.0.1", port=port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,24 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class Governance:
+    """Catalog rules `fsql build` and `fsql check` enforce on feature files; all off by default."""
+
+    require_owner: bool = False
+    require_description: bool = False  # on views, training sets and every feature column
+    allowed_tags: tuple[str, ...] | None = None  # None: any tag
+    require_ttl: bool = False
+    max_ttl: timedelta | None = None
+    view_name_pattern: str | None = None  # a regular expression the whole name must match
+    feature_name_pattern: str | None = None
+    line: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self != Governance(line=self.line)
+
+
+@dataclass(frozen=True)
 class Config:
     root: Path
     name: str
@@ -148,6 +167,7 @@ class Config:
     models: dict[str, ModelConfig] = field(default_factory=dict)
     server: ServerConfig = field(default_factory=ServerConfig)
     vars: dict[str, Any] = field(default_factory=dict)
+    governance: Governance = field(default_factory=Governance)
     features_dir: str = "features"
     macros_dir: str = "macros"
 
@@ -172,6 +192,8 @@ _SECTIONS: dict[str, set[str]] = {
     "sources": set(),
     "models": set(),
     "server": {f.name for f in fields(ServerConfig)},
+    "governance": {"require_owner", "require_description", "allowed_tags", "require_ttl", "max_ttl",
+                   "view_name_pattern", "feature_name_pattern"},
 }
 _ENTITY_KEYS = {"keys", "description"}
 _SOURCE_KEYS = {"path", "table", "format", "description"}
@@ -277,6 +299,7 @@ def load_config(root: str | Path = ".", overrides: dict[str, dict[str, Any]] | N
         models=_named(file, data, "models", _MODEL_KEYS, _model),
         server=_server(file, data.get("server", {})),
         vars=dict(data.get("vars", {})),
+        governance=_governance(file, data.get("governance", {})),
         features_dir=project.get("features_dir", "features"),
         macros_dir=project.get("macros_dir", "macros"),
     )
@@ -382,3 +405,38 @@ def _server(file: _File, body: dict[str, Any]) -> ServerConfig:
         if name in values:
             values[name] = int(values[name])
     return ServerConfig(**values)
+
+
+_TTL = re.compile(r"^(\d+)\s*(w|d|h|m|s)$")
+_TTL_UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+
+
+def _governance(file: _File, body: dict[str, Any]) -> Governance:
+    line = file.table_line("governance") or 0
+    values: dict[str, Any] = {"line": line}
+    for key in ("require_owner", "require_description", "require_ttl"):
+        if key in body:
+            if not isinstance(body[key], bool):
+                raise file.error(f"[governance] {key} must be true or false", line=file.line_of(key) or line)
+            values[key] = body[key]
+    if "allowed_tags" in body:
+        tags = body["allowed_tags"]
+        if not isinstance(tags, list) or not all(isinstance(x, str) and x for x in tags):
+            raise file.error("[governance] allowed_tags must be a list of strings", line=file.line_of("allowed_tags")
+                             or line, hint='e.g. allowed_tags = ["orders", "finance"]')
+        values["allowed_tags"] = tuple(tags)
+    if "max_ttl" in body:
+        m = _TTL.match(str(body["max_ttl"]).strip())
+        if not m or int(m.group(1)) <= 0:
+            raise file.error(f"[governance] max_ttl '{body['max_ttl']}' is not a duration",
+                             line=file.line_of("max_ttl") or line, hint="e.g. max_ttl = \"90d\" (units w, d, h, m, s)")
+        values["max_ttl"] = timedelta(**{_TTL_UNITS[m.group(2)]: int(m.group(1))})
+    for key in ("view_name_pattern", "feature_name_pattern"):
+        if key in body:
+            try:
+                re.compile(str(body[key]))
+            except re.error as e:
+                raise file.error(f"[governance] {key} is not a regular expression: {e}",
+                                 line=file.line_of(key) or line) from None
+            values[key] = str(body[key])
+    return Governance(**values)

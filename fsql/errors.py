@@ -112,6 +112,23 @@ class ResolutionError(FeatureFileError):
     """A name in a query does not resolve to a source or view, or the view graph has a cycle."""
 
 
+class RuleViolations(FeatureFileError):
+    """Feature files break the project's [governance] rules. One error carries every violation, so a
+    build reports them all at once; ``str()`` is one ``path:line: message; hint`` line per violation
+    (the only FsqlError whose text spans several lines), and path/line are the first violation's."""
+
+    def __init__(self, violations: list[FeatureFileError]) -> None:
+        first = violations[0]
+        super().__init__(first.message, path=first.path, line=first.line, hint=first.hint)
+        self.violations = violations
+
+    def __str__(self) -> str:
+        return "\n".join(FeatureFileError.__str__(v) for v in self.violations)
+
+    def to_dict(self) -> dict[str, object]:
+        return {**super().to_dict(), "violations": [v.to_dict() for v in self.violations]}
+
+
 class CompileError(BadInputError):
     """A definition cannot be compiled for the target dialect with the same semantics."""
 

@@ -10,18 +10,23 @@ from typing import Any
 import polars as pl
 
 from fsql.config import Config
-from fsql.definitions import FeatureView, PitMode, TrainingSet, output_names
+from fsql.definitions import FeatureView, Model, PitMode, TrainingSet, output_names, parse_ref
 from fsql.errors import NotFoundError, did_you_mean
 from fsql.registry import LineageGraph, RunRecord, SearchHit, TrainingSetRecord, ViewRecord, ViewVersion
+from fsql.registry.catalog import FeatureLineage, RankedHit, Revision, StatsRecord, VersionDiff, version_diff
 from fsql.service import build as build_service
+from fsql.service import check as check_service
 from fsql.service import materialize as materialize_service
 from fsql.service import offline
 from fsql.service import predict as predict_service
+from fsql.service import stats as stats_service
 from fsql.service.build import BuildResult
+from fsql.service.check import CheckResult
 from fsql.service.context import Context
 from fsql.service.materialize import RunResult
 from fsql.service.online import FeatureReader
 from fsql.service.predict import SkewReport
+from fsql.service.stats import StatsScope
 
 
 class Store:
@@ -180,6 +185,42 @@ class Store:
         columns = {by_ref[str(ref)]: again[ref] for ref in training_set.features}
         return predict_service.compare(definition, log, recomputed, keys, columns,  # type: ignore[arg-type]
                                        examples=examples)
+    # Catalog: history and diffs, feature lineage, ranked search, statistics, rules ---------------------
+    def revisions(self, name: str) -> list[Revision]:
+        """Every revision of a view or training set (metadata-only edits too), oldest first."""
+        return self._ctx.registry.history(name)
+
+    def diff(self, name: str, old: str | None = None, new: str | None = None) -> VersionDiff:
+        """Two revisions compared (default: the last two): SQL diff and per-column verdicts."""
+        return version_diff(self._ctx.registry.history(name), old, new)
+
+    def feature_lineage(self, ref: str) -> FeatureLineage:
+        """``view.feature`` traced up to source columns and down to training sets and models."""
+        parsed = parse_ref(ref)
+        return self._ctx.registry.feature_lineage(parsed.view, parsed.feature)
+
+    def search_ranked(self, text: str, *, owner: str | None = None, tag: str | None = None,
+                      entity: str | None = None) -> list[RankedHit]:
+        return self._ctx.registry.search_ranked(text, owner=owner, tag=tag, entity=entity)
+
+    def compute_stats(self, view: str, *, at: datetime | None = None, scope: StatsScope = "history"
+                      ) -> list[StatsRecord]:
+        """Compute statistics in the engine and store them in the registry."""
+        with self._ctx.warehouse(write=False):
+            return stats_service.compute_stats(self._ctx, view, at=at, scope=scope)
+
+    def stored_stats(self, view: str, *, version: str | None = None, scope: StatsScope | None = None
+                     ) -> list[StatsRecord]:
+        """Statistics as stored (never queries the warehouse)."""
+        return self._ctx.registry.stats(view, version, scope)
+
+    def models(self) -> list[Model]:
+        """Registered models (from ``[models]`` in fsql.toml), each bound to a training set."""
+        return sorted(self._ctx.registry.snapshot().model_definitions.values(), key=lambda m: m.name)
+
+    def check(self) -> CheckResult:
+        """Parse and validate every feature file and apply the [governance] rules; touches no database."""
+        return check_service.check(self._ctx)
 
     # Lifecycle ---------------------------------------------------------------------------------------
     def close(self) -> None:

@@ -3,6 +3,7 @@
 ``Registry.open(url)`` applies the Alembic migrations shipped in ``fsql/registry/migrations``.
 """
 
+from fsql.registry.catalog import FeatureLineage, RankedHit, Revision, StatsRecord
 from fsql.registry.registry import (
     DEFAULT_URL,
     ApplyResult,
@@ -26,6 +27,10 @@ from fsql.registry.registry import (
 )
 
 __all__ = [
+    "FeatureLineage",
+    "RankedHit",
+    "Revision",
+    "StatsRecord",
     "DEFAULT_URL",
     "ApplyResult",
     "Changes",

@@ -45,6 +45,9 @@ from fsql.errors import NotFoundError, RegistryError, did_you_mean
 from fsql.extras import require_extra
 from fsql.registry import tables as t
 
+if typing.TYPE_CHECKING:
+    from fsql.registry import catalog as catalog_types
+
 DEFAULT_URL = DEFAULT_REGISTRY_URL
 # The Alembic scripts live in the repository's top-level migrations/ and ship as the package
 # fsql.migrations (see pyproject.toml), so they are found the same way in every kind of install.
@@ -406,7 +409,7 @@ def _lock_key(name: str) -> int:
 
 # The newest migration. Checked against the migration scripts by a test, so the fast path of
 # ``Registry.open`` can compare it with the database without importing Alembic (a quarter second).
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 VERSION_TABLE = "alembic_version"
 
 
@@ -654,10 +657,11 @@ class Registry:
         *,
         compiled: Mapping[str, Mapping[str, str]] | None = None,
         lineage: Sequence[LineageEdge] = (),
+        git_commit: str | None = None,
     ) -> ApplyResult:
         """Make the registry match ``project`` in one transaction; see ``RegistryTransaction.apply``."""
         with self.transaction() as tx:
-            return tx.apply(project, compiled=compiled, lineage=lineage)
+            return tx.apply(project, compiled=compiled, lineage=lineage, git_commit=git_commit)
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -769,6 +773,43 @@ class Registry:
                 hits.append(SearchHit("training_set", ts.name, ts.description, fields))
         order = {"view": 0, "training_set": 1, "feature": 2}
         return sorted(hits, key=lambda h: ("name" not in h.matched, order[h.kind], h.name))
+
+    # -- catalog (read models in fsql.registry.catalog) ------------------------------------------
+
+    def history(self, name: str) -> list[catalog_types.Revision]:
+        """Every revision of a view or training set (metadata edits included), oldest first."""
+        from fsql.registry import catalog
+
+        with self._errors("read"), self._read() as conn:
+            return catalog.history(conn, name)
+
+    def search_ranked(self, text: str, *, owner: str | None = None, tag: str | None = None,
+                      entity: str | None = None) -> list[catalog_types.RankedHit]:
+        from fsql.registry import catalog
+
+        with self._errors("read"), self._read() as conn:
+            return catalog.search(conn, text, owner=owner, tag=tag, entity=entity)
+
+    def feature_lineage(self, view: str, feature: str) -> catalog_types.FeatureLineage:
+        from fsql.registry import catalog
+
+        with self._errors("read"), self._read() as conn:
+            return catalog.feature_lineage(conn, view, feature)
+
+    def save_stats(self, view: str, version: str, scope: catalog_types.StatsScope, as_of: datetime,
+                   stats: Mapping[str, Mapping[str, Any]]) -> None:
+        """Replace the stored statistics of one view version and scope."""
+        from fsql.registry import catalog
+
+        with self._errors("write"), self._begin(write=True) as conn:
+            catalog.save_stats(conn, view, version, scope, as_of, _now(), stats)
+
+    def stats(self, view: str, version: str | None = None, scope: catalog_types.StatsScope | None = None
+              ) -> list[catalog_types.StatsRecord]:
+        from fsql.registry import catalog
+
+        with self._errors("read"), self._read() as conn:
+            return catalog.load_stats(conn, view, version, scope)
 
     # -- materialization -----------------------------------------------------------------------
 
@@ -891,6 +932,7 @@ class RegistryTransaction:
         *,
         compiled: Mapping[str, Mapping[str, str]] | None = None,
         lineage: Sequence[LineageEdge] = (),
+        git_commit: str | None = None,
     ) -> ApplyResult:
         """Make the registry's definitions match ``project``.
 
@@ -899,7 +941,8 @@ class RegistryTransaction:
         project get ``removed_at`` (history stays). ``compiled`` maps view name to {dialect: SQL} and is
         merged into the current version's compiled SQL. ``lineage`` holds column-level edges of views and
         training sets; table-level edges are derived from ``depends_on``. Materialization state is never
-        touched.
+        touched. Every view or training set whose definition differs from its last revision gets a new
+        revision stamped with ``git_commit`` (the project's commit, when it is a git repository).
         """
         conn = self._connection()
         _validate(project, compiled or {}, lineage)
@@ -908,7 +951,11 @@ class RegistryTransaction:
                 # Two builds of one registry serialize here instead of failing on duplicate keys.
                 key = _lock_key(f"fsql.registry.apply:{self._registry._pg_schema}")
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
-            return _apply(conn, project, compiled or {}, lineage, _now())
+            result = _apply(conn, project, compiled or {}, lineage, _now())
+            from fsql.registry import catalog
+
+            catalog.record_revisions(conn, project, git_commit, _now())
+            return result
 
 
 # --------------------------------------------------------------------------------------------------

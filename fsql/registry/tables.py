@@ -236,4 +236,38 @@ materialization_runs = sa.Table(
     sa.Index(None, "view", "version", "id"),
 )
 
+# Every distinct state of a view's or training set's definition, in build order. A version (the content
+# fingerprint) can have several revisions when only metadata changed (owner, tags, descriptions, path), so
+# the catalog's history shows those edits too; `breaking` and `reasons` compare with the previous revision.
+definition_revisions = sa.Table(
+    "definition_revisions",
+    metadata,
+    sa.Column("kind", sa.String(32), primary_key=True),
+    sa.Column("name", NAME, primary_key=True),
+    sa.Column("revision", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("version", HASH, nullable=False),
+    sa.Column("fingerprint", HASH, nullable=False),
+    sa.Column("definition", JSONType, nullable=False),
+    sa.Column("git_commit", sa.String(64), nullable=True),
+    sa.Column("breaking", sa.Boolean(), nullable=False),
+    sa.Column("reasons", JSONType, nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+)
+
+# Per-feature statistics of one view version, computed in the engine; one row per (view, version, scope,
+# feature), replaced on refresh. `as_of` is the time the numbers describe, `computed_at` when they were made.
+feature_stats = sa.Table(
+    "feature_stats",
+    metadata,
+    sa.Column("view", NAME, primary_key=True),
+    sa.Column("version", HASH, primary_key=True),
+    sa.Column("scope", sa.String(16), primary_key=True),
+    sa.Column("feature", NAME, primary_key=True),
+    sa.Column("as_of", UTCDateTime(), nullable=False),
+    sa.Column("computed_at", UTCDateTime(), nullable=False),
+    sa.Column("stats", JSONType, nullable=False),
+    sa.ForeignKeyConstraint(["view", "version"], ["view_versions.view", "view_versions.version"]),
+    sa.CheckConstraint("scope IN ('history', 'latest')", name="scope"),
+)
+
 ALL_TABLES: tuple[sa.Table, ...] = tuple(metadata.sorted_tables)

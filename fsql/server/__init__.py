@@ -16,8 +16,13 @@ __all__ = ["create_app", "factory", "mount_root", "serve"]
 
 
 def factory() -> Starlette:
-    """The app for ``uvicorn --factory fsql.server:factory`` (each worker process builds its own)."""
-    return create_app(os.environ.get(ROOT_ENV, "."), batching=os.environ.get(BATCHING_ENV, "1") != "0")
+    """The app for ``uvicorn --factory fsql.server:factory`` (each worker process builds its own), with
+    the catalog page at ``/`` (it reads the registry only, like the API)."""
+    from fsql.server.catalog import catalog_app
+    from fsql.store import Store
+
+    root = os.environ.get(ROOT_ENV, ".")
+    return create_app(root, batching=os.environ.get(BATCHING_ENV, "1") != "0", root_app=catalog_app(Store(root)))
 
 
 def serve(root: str | Path = ".", *, host: str = "127.0.0.1", port: int = 8766, workers: int = 1,

@@ -35,6 +35,8 @@ from fsql.definitions import (
 from fsql.engines import history_name
 from fsql.errors import ConfigError, EngineError, FeatureFileError, UnavailableError, did_you_mean
 from fsql.models import bind_inputs, file_digest, load_model, model_file
+from fsql.parsing import governance
+from fsql.parsing.git import head_commit
 from fsql.parsing.project import ParsedFile, ParsedProject, parse_project
 from fsql.registry import LineageEdge, RegistrySnapshot, model_fingerprint
 from fsql.registry.diff import Change, diff_definitions
@@ -101,6 +103,7 @@ def build(
 ) -> BuildResult:
     say = progress or (lambda _msg: None)
     parsed = parse_project(ctx.config)
+    governance.enforce(parsed, ctx.config.governance)  # before the registry or warehouse is touched
     snapshot = ctx.registry.snapshot()
     engine = ctx.engine
     expected = set()
@@ -126,7 +129,7 @@ def build(
                                  training_sets=list(project.training_sets), reloaded=loaded, missing=missing)
             if dry_run or (nothing and not loaded):
                 raise _RollBack
-            tx.apply(project, compiled=compiled, lineage=lineage)
+            tx.apply(project, compiled=compiled, lineage=lineage, git_commit=head_commit(ctx.config.root))
     except _RollBack:
         pass
     assert result is not None

@@ -17,8 +17,10 @@ import pyarrow as pa
 from sqlglot import exp
 
 from fsql.compiler import pit
+from fsql.compiler.stats import stats_relation
 from fsql.definitions import KNOWN_AT, FeatureView, arrow_type, as_utc
 from fsql.engines import view_table
+from fsql.engines.stats import feature_stats
 from fsql.errors import (
     FsqlError,
     MaterializationError,
@@ -132,6 +134,11 @@ def _materialize_view(ctx: Context, view: FeatureView, *, full: bool, start: dat
     if advances:
         store.set_marker(table)
     registry.finish_run(run_id, rows=rows, outcome="success", watermark=end if advances else None)
+    if advances:
+        # Statistics of what is now served, stored for the catalog so its page never queries the warehouse.
+        relation = stats_relation(ctx.pit_view(view), view_table(ctx.config.warehouse.schema, view.name), "latest",
+                                  end, dialect=engine.dialect)
+        registry.save_stats(view.name, view.version, "latest", end, feature_stats(engine, relation, view))
     return RunResult(view.name, view.version, window_start, end, rows, duration, "success")
 
 
