@@ -145,6 +145,7 @@ class _Builder:
         self.allow_breaking, self.say = allow_breaking, say
         self.engine = ctx.engine
         self.schema = ctx.config.warehouse.schema
+        self._key_types: dict[tuple[str, str], tuple[str, str]] = {}  # (entity, key) -> (type, first file)
         self.skip_models = False
 
     def run(self, existing: dict[str, str], missing: list[str]
@@ -209,6 +210,18 @@ class _Builder:
             models[name] = _bind_model(self.ctx, model, sets[model.training_set])
         return models
 
+    def _check_key_type(self, parsed: ParsedFile, entity: str, key: str, dtype: str, annotation: str) -> None:
+        """Every file joining on an entity key gives it the same kind of type: the first view that
+        selects it decides, the rest must match (an integer key compared with a string joins nothing
+        on DuckDB and fails late on PostgreSQL)."""
+        first = self._key_types.setdefault((entity, key), (dtype, parsed.path))
+        if _key_family(first[0]) != _key_family(dtype):
+            raise parsed.error(
+                f"entity key '{key}' of entity '{entity}' has type {dtype} here but {first[0]} in {first[1]}",
+                key=annotation,
+                hint=f"CAST({key} AS {first[0]}) so every view and spine keys '{entity}' alike",
+            )
+
     def _table(self, name: str) -> exp.Table:
         return exp.table_(name, db=self.schema, quoted=True)
 
@@ -230,6 +243,7 @@ class _Builder:
                     key="entity",
                     hint=f"CAST({key} AS BIGINT) or VARCHAR",
                 )
+            self._check_key_type(parsed, entity.name, key, dtype, "entity")
         for key in ("timestamp", "created"):
             column = parsed.header.values.get(key)
             if not column:
@@ -306,6 +320,7 @@ class _Builder:
             return parsed.error(message, key="features", hint=hint)
 
         refs = expand_refs(parsed.feature_refs, views, fail)
+        spine_types = {c.name: c.dtype for c in spine_columns}
         for ref in refs:
             for key in views[ref.view].entity_keys:
                 if key not in names:
@@ -314,6 +329,7 @@ class _Builder:
                         key="features",
                         hint=f"select {key} in the spine query",
                     )
+                self._check_key_type(parsed, views[ref.view].entity, key, spine_types[key], "features")
         definition = TrainingSet(
             name=parsed.name,
             path=parsed.path,
@@ -348,6 +364,16 @@ def _bind_model(ctx: Context, config: ModelConfig, training_set: TrainingSet) ->
     inputs = bind_inputs(loaded, features, line=config.line)
     digest = file_digest(model_file(model, ctx.config.root, config.line)) if model.path else None
     return replace(model, inputs=inputs, digest=digest)
+
+
+def _key_family(dtype: str) -> str:
+    """Types that join with each other: integers of any width, strings, dates, timestamps."""
+    upper = dtype.upper()
+    if "INT" in upper:
+        return "integer"
+    if upper.startswith(("VARCHAR", "TEXT", "STRING", "CHAR")):
+        return "string"
+    return "timestamp" if upper.startswith("TIMESTAMP") else upper
 
 
 def _note_missing(changes: list[Change], missing: list[str]) -> None:
