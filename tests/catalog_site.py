@@ -28,8 +28,13 @@ def catalog_project(target: Path, cache: Path) -> Path:
         f"    amount AS raw_amount   -- {HOSTILE}\n"
         "FROM orders\n"
     )
+    # a module name of its own: the project's models/ folder (the example's ONNX file) shadows "models"
+    (project / "churn_rules.py").write_text(
+        "def predict(features):\n"
+        "    return [1.0 if (s or 0) > 500 else 0.0 for s in features['spend_30d']]\n"
+    )
     with (project / "fsql.toml").open("a") as f:
-        f.write('\n[models.churn_model]\ntraining_set = "churn"\nkind = "python"\nentry_point = "models:predict"\n')
+        f.write('\n[models.churn_model]\ntraining_set = "churn"\nkind = "python"\nentry_point = "churn_rules:predict"\n')
     with Store(project) as store:
         store.build()
         spend = project / "features" / "customer_spend.sql"

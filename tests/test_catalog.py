@@ -194,7 +194,7 @@ def test_feature_lineage_walks_views_on_views_to_sources_and_down_to_models(buil
     assert ("customer_spend", "orders_30d", "source", "orders", "customer_id") in up
     assert not any(e[1] == "high_spender" for e in up)  # only this feature's lineage
     down = {(e["downstream_kind"], e["downstream_name"]) for e in data["downstream"]}
-    assert down == {("training_set", "churn"), ("model", "churn_model")}
+    assert down == {("training_set", "churn"), ("model", "churn"), ("model", "churn_model")}
     text = cli(built, "lineage", "customer_spend.spend_30d")
     assert "view customer_value.avg_order_value_30d" in text and "model churn_model" in text
     missing = runner.invoke(app, ["lineage", "customer_spend.spend_3d", "-p", str(built)])
@@ -209,9 +209,10 @@ def test_stats_match_a_brute_force_reference(built: Path) -> None:
         records = {r.feature: r for r in store.stored_stats("customer_spend", scope="history")}
         frame = store.query("SELECT * FROM customer_spend")
     assert set(records) == {"spend_30d", "orders_30d"}
-    # The history as known at the time the statistics describe: rows whose event and load times have passed.
+    # The history as known at the time the statistics describe: rows whose event time has passed and
+    # whose whole input was known (the view's derived known time).
     as_of = records["spend_30d"].as_of.replace(tzinfo=None)
-    known = pl.max_horizontal(pl.col("event_ts"), pl.col("loaded_at").fill_null(pl.col("event_ts")))
+    known = pl.max_horizontal(pl.col("event_ts"), pl.col("__known_at").fill_null(pl.col("event_ts")))
     frame = frame.filter(known.cast(pl.Datetime("us")) <= as_of)
     for feature, record in records.items():
         s, column = record.stats, frame[feature].cast(pl.Float64)
