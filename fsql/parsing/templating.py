@@ -141,8 +141,9 @@ def _template_line(error: BaseException) -> int | None:
 def line_map(source: str, rendered: str) -> list[int]:
     """For each rendered line (0-based), the 1-based source line it comes from.
 
-    Lines shared at the start and end are mapped directly and only the middle is diffed, because
-    ``SequenceMatcher`` is quadratic on long runs of repeated lines (a large IN list, one value a line).
+    ``SequenceMatcher`` is quadratic on long runs of repeated lines (a large IN list written one value
+    a line, or a loop's output), so lines shared at both ends are mapped directly and the middle is
+    diffed as runs of equal lines; within two matched runs lines pair up one to one.
     """
     src, out = source.splitlines(), rendered.splitlines()
     mapping = [1] * (len(out) + 1)
@@ -155,12 +156,34 @@ def line_map(source: str, rendered: str) -> list[int]:
     while tail < limit - head and src[-1 - tail] == out[-1 - tail]:
         mapping[len(out) - 1 - tail] = len(src) - tail
         tail += 1
-    a, b = src[head : len(src) - tail], out[head : len(out) - tail]
-    if b:
-        matcher = difflib.SequenceMatcher(a=a, b=b, autojunk=len(a) * len(b) > 4_000_000)
-        for tag, i1, _i2, j1, j2 in matcher.get_opcodes():
-            for j in range(j1, j2):
-                mapping[head + j] = head + ((i1 + (j - j1) + 1) if tag == "equal" else i1 + 1)
+    a_runs = _runs(src, head, len(src) - tail)
+    b_runs = _runs(out, head, len(out) - tail)
+    matcher = difflib.SequenceMatcher(a=[r[0] for r in a_runs], b=[r[0] for r in b_runs], autojunk=False)
+    for tag, i1, _i2, j1, j2 in matcher.get_opcodes():
+        for j in range(j1, j2):
+            _, b_start, b_count = b_runs[j]
+            if tag == "equal":
+                _, a_start, a_count = a_runs[i1 + j - j1]
+                for k in range(b_count):
+                    mapping[b_start + k] = a_start + min(k, a_count - 1) + 1
+            else:
+                # a rewritten region maps to where it starts in the file
+                a_start = a_runs[i1][1] if i1 < len(a_runs) else len(src) - tail
+                for k in range(b_count):
+                    mapping[b_start + k] = min(a_start + 1, max(len(src), 1))
     if out:
         mapping[len(out)] = mapping[len(out) - 1]
     return mapping
+
+
+def _runs(lines: list[str], start: int, stop: int) -> list[tuple[str, int, int]]:
+    """(text, first index, count) for each run of equal consecutive lines in lines[start:stop]."""
+    runs: list[tuple[str, int, int]] = []
+    index = start
+    while index < stop:
+        end = index + 1
+        while end < stop and lines[end] == lines[index]:
+            end += 1
+        runs.append((lines[index], index, end - index))
+        index = end
+    return runs
