@@ -156,34 +156,31 @@ def line_map(source: str, rendered: str) -> list[int]:
     while tail < limit - head and src[-1 - tail] == out[-1 - tail]:
         mapping[len(out) - 1 - tail] = len(src) - tail
         tail += 1
-    a_runs = _runs(src, head, len(src) - tail)
-    b_runs = _runs(out, head, len(out) - tail)
-    matcher = difflib.SequenceMatcher(a=[r[0] for r in a_runs], b=[r[0] for r in b_runs], autojunk=False)
+    a_text, a_start, a_count = _runs(src, head, len(src) - tail)
+    b_text, b_start, b_count = _runs(out, head, len(out) - tail)
+    matcher = difflib.SequenceMatcher(a=a_text, b=b_text, autojunk=False)
     for tag, i1, _i2, j1, j2 in matcher.get_opcodes():
         for j in range(j1, j2):
-            _, b_start, b_count = b_runs[j]
             if tag == "equal":
-                _, a_start, a_count = a_runs[i1 + j - j1]
-                for k in range(b_count):
-                    mapping[b_start + k] = a_start + min(k, a_count - 1) + 1
+                i = i1 + j - j1
+                last = a_start[i] + a_count[i]  # 1-based line of the run's last source line
+                for k in range(b_count[j]):
+                    mapping[b_start[j] + k] = min(a_start[i] + k + 1, last)
             else:
                 # a rewritten region maps to where it starts in the file
-                a_start = a_runs[i1][1] if i1 < len(a_runs) else len(src) - tail
-                for k in range(b_count):
-                    mapping[b_start + k] = min(a_start + 1, max(len(src), 1))
+                first = a_start[i1] + 1 if i1 < len(a_start) else len(src) - tail + 1
+                for k in range(b_count[j]):
+                    mapping[b_start[j] + k] = min(first, max(len(src), 1))
     if out:
         mapping[len(out)] = mapping[len(out) - 1]
     return mapping
 
 
-def _runs(lines: list[str], start: int, stop: int) -> list[tuple[str, int, int]]:
-    """(text, first index, count) for each run of equal consecutive lines in lines[start:stop]."""
-    runs: list[tuple[str, int, int]] = []
-    index = start
-    while index < stop:
-        end = index + 1
-        while end < stop and lines[end] == lines[index]:
-            end += 1
-        runs.append((lines[index], index, end - index))
-        index = end
-    return runs
+def _runs(lines: list[str], start: int, stop: int) -> tuple[list[str], list[int], list[int]]:
+    """Texts, first indexes and lengths of the runs of equal consecutive lines in lines[start:stop]."""
+    segment = lines[start:stop]
+    if not segment:
+        return [], [], []
+    firsts = [0, *(i for i in range(1, len(segment)) if segment[i] != segment[i - 1])]
+    ends = [*firsts[1:], len(segment)]
+    return [segment[i] for i in firsts], [start + i for i in firsts], [e - f for f, e in zip(firsts, ends, strict=True)]
