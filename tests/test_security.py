@@ -359,3 +359,17 @@ def test_cli_json_errors_never_show_secrets(example: Path, tmp_path: Path) -> No
             continue
         assert result.exit_code == 1, result.output
         assert "hunter2" not in result.output and "password=***" in result.output, result.output
+
+
+def test_allowlists_hold_no_function_that_reads_files_or_changes_state() -> None:
+    from fsql.parsing.allowlist import ALLOWED_FUNCTIONS, TABLE_FUNCTIONS
+
+    dangerous = {
+        "read_csv", "read_csv_auto", "read_parquet", "parquet_scan", "read_json", "read_json_auto", "read_text",
+        "read_blob", "read_ndjson", "glob", "query", "query_table", "sniff_csv", "parquet_metadata", "getenv",
+        "getvariable", "current_setting", "set_config", "nextval", "setval", "currval", "setseed", "pg_read_file",
+        "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "lo_import", "lo_export", "lo_from_bytea", "lo_get",
+        "dblink", "dblink_exec", "query_to_xml", "pg_sleep", "sleep_ms", "write_log", "json_execute_serialized_sql",
+        "json_deserialize_sql", "pg_terminate_backend", "pg_advisory_lock", "txid_current", "duckdb_settings",
+    }
+    assert not dangerous & (ALLOWED_FUNCTIONS | TABLE_FUNCTIONS)
