@@ -274,6 +274,21 @@ def test_duckdb_lockdown_allows_declared_sources_only(tmp_path: Path) -> None:
     reopened.close()
 
 
+def test_second_engine_on_a_locked_database_in_the_same_process(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"a": [1, 2, 3]}), tmp_path / "orders.parquet")
+    pq.write_table(pa.table({"a": [9]}), tmp_path / "other.parquet")
+    sources = [_source("orders", "orders.parquet")]
+    first = DuckDBEngine(tmp_path / "w.duckdb", "fsql", tmp_path, sources=sources)
+    # DuckDB shares one database between the connections of a process, settings included
+    second = DuckDBEngine(tmp_path / "w.duckdb", "fsql", tmp_path, sources=sources)
+    relation = second.source_relation(sources[0]).sql("duckdb")
+    assert sum(b.num_rows for b in second.batches(f"SELECT * FROM {relation}", batch_size=2)) == 3
+    with pytest.raises(EngineError, match="already open in this process with other sources"):
+        DuckDBEngine(tmp_path / "w.duckdb", "fsql", tmp_path, sources=[*sources, _source("other", "other.parquet")])
+    first.close()
+    second.close()
+
+
 def test_locked_service_builds_materializes_and_serves(example: Path, tmp_path: Path) -> None:
     import shutil
 

@@ -55,7 +55,7 @@ class DuckDBEngine:
         try:
             # The settings belong to the database, which DuckDB shares between the connections of one
             # process: a second engine on the same file finds it locked already.
-            if str(self.con.execute("SELECT current_setting('enable_external_access')").fetchone()[0]).lower() == "false":
+            if not self._setting("enable_external_access"):
                 self._check_locked_for(files, folders)
                 self.locked = True
                 return
@@ -69,9 +69,13 @@ class DuckDBEngine:
             ) from None
         self.locked = True
 
+    def _setting(self, name: str) -> Any:
+        # fetchall, not fetchone: DuckDB refuses other work on a connection with an unfinished result
+        return self.con.execute("SELECT current_setting(?)", [name]).fetchall()[0][0]
+
     def _check_locked_for(self, files: list[str], folders: list[str]) -> None:
-        allowed_files = set(self.con.execute("SELECT current_setting('allowed_paths')").fetchone()[0] or [])
-        allowed_folders = list(self.con.execute("SELECT current_setting('allowed_directories')").fetchone()[0] or [])
+        allowed_files = set(self._setting("allowed_paths") or [])
+        allowed_folders = list(self._setting("allowed_directories") or [])
         missing = [f for f in files if f not in allowed_files and not any(f.startswith(d) for d in allowed_folders)]
         missing += [d for d in folders if not any(d.startswith(a) for a in allowed_folders)]
         if missing:
