@@ -115,6 +115,9 @@ def test_macros_files_are_sandboxed_too(where: str, example: Path, tmp_path: Pat
     assert not marker.exists()
     if where == "macro-file-top-level":
         assert result.output.startswith("macros/util.sql:2: ")
+    else:  # the caller's line, and where in the macros file it failed
+        assert result.output.startswith("features/customer_spend.sql:17: ")
+        assert "(in macros/util.sql:1)" in result.output
 
 
 def test_templates_keep_var_range_loops_and_refuse_huge_values(tmp_path: Path) -> None:

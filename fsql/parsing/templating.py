@@ -83,8 +83,10 @@ class Renderer:
                         self.env.globals[name] = getattr(module, name)
 
     def _template(self, text: str, shown: str) -> jinja2.Template:
+        # Compiled with the file's name so traceback frames tell a macro's lines from the caller's.
         try:
-            return self.env.from_string(text)
+            code = self.env.compile(text, filename=shown)
+            return self.env.template_class.from_code(self.env, code, self.env.make_globals(None))
         except jinja2.TemplateSyntaxError as e:
             raise FeatureFileError(f"Jinja syntax error: {e.message}", path=shown, line=e.lineno) from None
 
@@ -115,8 +117,11 @@ def _var_function(values: dict[str, Any]) -> Callable[..., Any]:
 
 
 def _render_error(error: BaseException, shown: str) -> FeatureFileError:
-    line = _template_line(error)
+    line = _template_line(error, shown)
     message = (getattr(error, "message", None) or str(error)).rstrip(".")
+    inner = _innermost_other_template(error, shown)
+    if inner:
+        message += f" (in {inner[0]}:{inner[1]})"
     if isinstance(error, SecurityError):
         return FeatureFileError(f"unsafe template code: {message}", path=shown, line=line, hint=SANDBOX_HINT)
     if isinstance(error, TypeError) and "no loader" in message:
@@ -129,13 +134,20 @@ def _render_error(error: BaseException, shown: str) -> FeatureFileError:
     return FeatureFileError(f"Jinja error: {type(error).__name__}: {message}", path=shown, line=line)
 
 
-def _template_line(error: BaseException) -> int | None:
-    """The template line from Jinja's rewritten traceback (frames named '<template>')."""
+def _template_line(error: BaseException, shown: str) -> int | None:
+    """The line in ``shown`` from Jinja's rewritten traceback (frames carry the template's name)."""
     line = None
     for frame in traceback.extract_tb(error.__traceback__):
-        if frame.filename == "<template>":
+        if frame.filename == shown:
             line = frame.lineno
     return line
+
+
+def _innermost_other_template(error: BaseException, shown: str) -> tuple[str, int] | None:
+    """Where in a macros file the error happened, when a feature file's macro call failed there."""
+    frames = traceback.extract_tb(error.__traceback__)
+    inner = next((f for f in reversed(frames) if f.filename != shown and f.filename.endswith(".sql")), None)
+    return (inner.filename, inner.lineno or 0) if inner else None
 
 
 def line_map(source: str, rendered: str) -> list[int]:
