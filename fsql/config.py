@@ -49,7 +49,7 @@ class DuckDBWarehouse:
 
 @dataclass(frozen=True)
 class PostgresWarehouse:
-    url: str = DEFAULT_POSTGRES_URL
+    url: str = field(default=DEFAULT_POSTGRES_URL, repr=False)  # may hold a password
     schema: str = "fsql"
     # "table": training sets read `<view>__history`, a persisted copy with a covering index (fast PIT
     # joins; refreshed by build and materialize); "view": they read the live view (no copy, slower).
@@ -73,7 +73,7 @@ class SqliteOnline:
 
 @dataclass(frozen=True)
 class RedisOnline:
-    url: str = DEFAULT_REDIS_URL
+    url: str = field(default=DEFAULT_REDIS_URL, repr=False)  # may hold a password
     prefix: str = "fsql"
     store: str = "redis"
 
@@ -83,7 +83,7 @@ Online = SqliteOnline | RedisOnline
 
 @dataclass(frozen=True)
 class RegistryConfig:
-    url: str = DEFAULT_REGISTRY_URL
+    url: str = field(default=DEFAULT_REGISTRY_URL, repr=False)  # may hold a password
 
 
 @dataclass(frozen=True)

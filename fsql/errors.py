@@ -10,8 +10,9 @@ This module imports nothing from fsql so that every layer can raise these errors
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 
 class FsqlError(Exception):
@@ -189,10 +190,49 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
 
 
 def redact_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """The URL (or libpq ``key=value`` string) with every secret replaced by ``***``, for messages,
+    logs, ``--json`` output and run records.
+
+    Secrets are the userinfo password (``user:***@``) and the query parameters in
+    ``_SECRET_PARAMETERS``, which PostgreSQL (libpq), SQLAlchemy and redis-py all accept. Everything
+    else is kept as written, so the user still recognises the URL. Text that cannot be split as a
+    URL is redacted by pattern rather than echoed.
+    """
+    secret = "|".join(sorted(_SECRET_PARAMETERS))
+    if "://" not in url:
+        # libpq keyword/value connection strings: host=... password=... (values may be quoted)
+        return re.sub(rf"(?i)\b({secret})(\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1\2***", url)
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+    except ValueError:
+        netloc_redacted = re.sub(r"^([^:/]+://)([^@/]*?):[^@/]*@", r"\1\2:***@", url)
+        return re.sub(rf"(?i)([?&;]({secret})=)[^&;#]*", r"\1***", netloc_redacted)
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
+    query = "&".join(_redact_parameter(p) for p in parts.query.split("&")) if parts.query else parts.query
+    if netloc == parts.netloc and query == parts.query:
         return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))
+    # Spliced into the original text rather than rebuilt with urlunsplit, which drops the empty
+    # authority of sqlite:///path.
+    start = url.index("://") + 3
+    rest = url[start + len(parts.netloc) :]
+    if parts.query:
+        before, _, after = rest.partition("?" + parts.query)
+        rest = f"{before}?{query}{after}"
+    return url[:start] + netloc + rest
+
+
+# Query parameters whose value is a secret. sslkey/sslcert/sslrootcert are file paths, not secrets,
+# and stay visible because they are what a user needs to see when a TLS connection fails.
+_SECRET_PARAMETERS = frozenset({
+    "password", "passwd", "pwd", "sslpassword", "token", "access_token", "auth_token", "secret",
+    "client_secret", "api_key", "apikey",
+})
+
+
+def _redact_parameter(pair: str) -> str:
+    key, sep, _value = pair.partition("=")
+    return f"{key}=***" if sep and unquote(key).strip().lower() in _SECRET_PARAMETERS else pair

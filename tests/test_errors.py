@@ -44,6 +44,13 @@ def write(file: str, text: str) -> Callable[[Path], None]:
     return edit
 
 
+def write_bytes(file: str, data: bytes) -> Callable[[Path], None]:
+    def edit(project: Path) -> None:
+        (project / file).write_bytes(data)
+
+    return edit
+
+
 def both(*edits: Callable[[Path], None]) -> Callable[[Path], None]:
     def edit(project: Path) -> None:
         for e in edits:
@@ -132,6 +139,20 @@ CASES = [
          "fsql.toml:", "needs exactly one of path"),
     Case("unknown-dialect-annotation", sub(PROFILE, "-- @owner crm-team", "-- @dialect postgress"), "features/customer_profile.sql:4",
          "unsupported dialect 'postgress'; did you mean 'postgres'?"),
+    Case("table-function", sub(PROFILE, "FROM customers", "FROM read_csv('/etc/passwd')"), "features/customer_profile.sql:13",
+         "table function 'read_csv' is not allowed in a feature file"),
+    Case("file-reading-function", sub(PROFILE, "    age ", "    read_text('/etc/hostname') AS age "),
+         "features/customer_profile.sql:12", "function 'read_text' is not allowed in a feature file"),
+    Case("jinja-escape", sub(SPEND, "-- Trailing", "-- {{ lipsum.__globals__.os.getcwd() }}\n-- Trailing"),
+         "features/customer_spend.sql:8", "'lipsum' is undefined"),
+    Case("empty-file", write("features/empty.sql", ""), "features/empty.sql",
+         "empty feature file; add a header or delete it"),
+    Case("invalid-utf8", write_bytes("features/latin1.sql", b"-- @feature_view x\n-- \xe9\n"), "features/latin1.sql",
+         "not valid UTF-8 (byte 0xe9 at line 2)"),
+    Case("reserved-name", sub(PROFILE, "-- @feature_view customer_profile", "-- @feature_view customer_spend__latest"),
+         "features/customer_profile.sql:1", "name 'customer_spend__latest' is reserved"),
+    Case("too-deep", sub(PROFILE, "    age ", "    " + "(" * 100 + "age" + ")" * 100 + " AS age "),
+         "features/customer_profile.sql", "query nested too deeply"),
     Case("no-features", sub(PROFILE, "    country,   -- ISO country code of the billing address\n    segment,   -- consumer, smb or enterprise\n    age        -- age in years at the time of the snapshot\n", ""),
          "features/customer_profile.sql", "selects no feature columns"),
 ]

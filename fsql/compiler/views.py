@@ -40,19 +40,24 @@ def resolve_names(query: exp.Query, names: set[str], relation_for: RelationFor) 
 
 
 def to_dialect(query: exp.Expression, source_dialect: str, target_dialect: str, *, pretty: bool = False,
-               path: str | None = None, line: int | None = None, rewrite_asof: bool = True) -> str:
+               path: str | None = None, line: int | None = None, rewrite_asof: bool = True,
+               file_line: Callable[[int | None], int | None] | None = None) -> str:
     """Transpile a user query: ASOF joins rewritten for the target, named windows inlined, and a
     construct sqlglot cannot express (or a sqlglot crash) turned into a located CompileError.
 
-    ``rewrite_asof=False`` is for trees the PIT compiler built for ``target_dialect`` already."""
+    ``rewrite_asof=False`` is for trees the PIT compiler built for ``target_dialect`` already.
+    An error found at a construct is reported at its line: the query's parsed line mapped through
+    ``file_line`` (``ParsedFile.file_line``, for Jinja-rendered files), else ``line``."""
     from fsql.compiler.rewrites import generate, rewrite_asof_joins
 
     try:
-        tree = rewrite_asof_joins(query, target_dialect) if rewrite_asof else query
+        has_asof = any(str(j.args.get("method") or "").upper() == "ASOF" for j in query.find_all(exp.Join))
+        tree = rewrite_asof_joins(query, target_dialect) if rewrite_asof and has_asof else query
         return generate(tree, target_dialect, pretty=pretty)
     except CompileError as e:
         if e.path is None:
-            e.path, e.line = path, line
+            found = e.line if file_line is None else file_line(e.line) if e.line is not None else None
+            e.path, e.line = path, found if found is not None else line
         if e.hint is None:
             e.hint = f"rewrite the construct for {target_dialect}, or compile for another dialect"
         raise

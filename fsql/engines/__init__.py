@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
-from fsql.config import DuckDBWarehouse, PostgresWarehouse, Warehouse
+from fsql.config import DuckDBWarehouse, PostgresWarehouse, SourceConfig, Warehouse
 from fsql.engines.base import Engine, history_name, view_table
 
 
-def open_engine(warehouse: Warehouse, root: Path, *, read_only: bool = False) -> Engine:
-    """The warehouse engine; ``read_only`` where the engine has such a mode (a DuckDB file)."""
+def open_engine(warehouse: Warehouse, root: Path, *, read_only: bool = False,
+                sources: Sequence[SourceConfig] | None = None) -> Engine:
+    """The warehouse engine; ``read_only`` where the engine has such a mode (a DuckDB file).
+    ``sources``: where the engine can restrict file access (DuckDB), only these files are readable."""
     if isinstance(warehouse, PostgresWarehouse):
         from fsql.engines.postgres import PostgresEngine
 
@@ -18,7 +21,7 @@ def open_engine(warehouse: Warehouse, root: Path, *, read_only: bool = False) ->
     from fsql.engines.duckdb import DuckDBEngine
 
     path = warehouse.path if warehouse.path == ":memory:" else str(root / warehouse.path)
-    return DuckDBEngine(path, warehouse.schema, root, read_only=read_only)
+    return DuckDBEngine(path, warehouse.schema, root, read_only=read_only, sources=sources)
 
 
 __all__ = ["Engine", "history_name", "open_engine", "view_table"]

@@ -1,7 +1,14 @@
-"""DuckDB: the embedded default warehouse. File sources are scanned in place."""
+"""DuckDB: the embedded default warehouse. File sources are scanned in place.
+
+Once the declared sources are known the connection is locked down (``lock_down``): DuckDB's own
+``enable_external_access = false`` with only the source files (and the folders of glob sources)
+allowed, so no query, whatever slipped past the feature-file checks, can read or write another file,
+load an extension or reach the network. The setting cannot be turned back on for the connection.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +29,8 @@ class DuckDBEngine:
     # DuckDB's ASOF join needs no index: training sets read the live views.
     persists_history = False
 
-    def __init__(self, path: str | Path | None, schema: str, root: Path, *, read_only: bool = False) -> None:
+    def __init__(self, path: str | Path | None, schema: str, root: Path, *, read_only: bool = False,
+                 sources: Sequence[SourceConfig] | None = None) -> None:
         self.schema = schema
         self.root = root
         self.path = str(path) if path else ":memory:"
@@ -41,6 +49,49 @@ class DuckDBEngine:
             ) from None
         self.con.execute("SET TimeZone = 'UTC'")
         self._depth = 0
+        self.locked = False
+        if sources is not None:
+            self.lock_down(sources)
+        self.locked = False
+        if sources is not None:
+            self.lock_down(sources)
+
+    def lock_down(self, sources: Sequence[SourceConfig]) -> None:
+        """Allow file access only to the declared file sources, for the rest of the connection."""
+        if self.locked:
+            return
+        files, folders = source_allowlist(sources, self.root)
+        try:
+            # The settings belong to the database, which DuckDB shares between the connections of one
+            # process: a second engine on the same file finds it locked already.
+            if not self._setting("enable_external_access"):
+                self._check_locked_for(files, folders)
+                self.locked = True
+                return
+            self.con.execute("SET allowed_paths = ?", [files])
+            self.con.execute("SET allowed_directories = ?", [folders])
+            self.con.execute("SET enable_external_access = false")
+        except duckdb.Error as e:
+            raise EngineError(
+                f"cannot restrict DuckDB's file access: {str(e).splitlines()[0]}",
+                hint="fsql needs DuckDB 1.2 or newer (allowed_paths); upgrade duckdb",
+            ) from None
+        self.locked = True
+
+    def _setting(self, name: str) -> Any:
+        # fetchall, not fetchone: DuckDB refuses other work on a connection with an unfinished result
+        return self.con.execute("SELECT current_setting(?)", [name]).fetchall()[0][0]
+
+    def _check_locked_for(self, files: list[str], folders: list[str]) -> None:
+        allowed_files = set(self._setting("allowed_paths") or [])
+        allowed_folders = list(self._setting("allowed_directories") or [])
+        missing = [f for f in files if f not in allowed_files and not any(f.startswith(d) for d in allowed_folders)]
+        missing += [d for d in folders if not any(d.startswith(a) for a in allowed_folders)]
+        if missing:
+            raise EngineError(
+                f"the DuckDB warehouse is already open in this process with other sources ({', '.join(missing)} not allowed)",
+                hint="close the other Store or Service on this warehouse and open it again",
+            )
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -100,7 +151,7 @@ class DuckDBEngine:
     def source_relation(self, source: SourceConfig) -> exp.Expression:
         if source.table:
             return exp.to_table(source.table, dialect="duckdb")
-        path = str((self.root / source.path) if not Path(source.path).is_absolute() else Path(source.path))
+        path = str(source_path(source, self.root))
         reader = exp.ReadParquet if source.format == "parquet" else exp.ReadCSV
         return exp.Table(this=reader(expressions=[exp.Literal.string(path)]))
 
@@ -153,3 +204,30 @@ class DuckDBEngine:
 
     def close(self) -> None:
         self.con.close()
+
+
+_GLOB = "*?["
+
+
+def source_path(source: SourceConfig, root: Path) -> Path:
+    """A file source's absolute path (globs kept), as the generated views read it."""
+    path = Path(source.path)
+    return path if path.is_absolute() else root / path
+
+
+def source_allowlist(sources: Sequence[SourceConfig], root: Path) -> tuple[list[str], list[str]]:
+    """(files, folders) DuckDB may read: each plain source file, and for a glob the folder before its
+    first wildcard (with a trailing separator, since DuckDB matches folders by prefix)."""
+    files: list[str] = []
+    folders: list[str] = []
+    for source in sources:
+        if not source.path:
+            continue
+        path = str(source_path(source, root))
+        if any(ch in path for ch in _GLOB):
+            fixed = path[: min(path.index(ch) for ch in _GLOB if ch in path)]
+            folder = fixed[: fixed.rfind(os.sep) + 1] or os.sep
+            folders.append(folder)
+        else:
+            files.append(path)
+    return sorted(set(files)), sorted(set(folders))

@@ -7,19 +7,28 @@ later, from the engine (``fsql.service``), because only the engine knows a sourc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-import sqlglot
 from sqlglot import exp
+from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import ParseError, SqlglotError
 
 from fsql.config import SUPPORTED_DIALECTS, Config
 from fsql.definitions import FeatureRef, fingerprint
 from fsql.errors import FeatureFileError, ResolutionError, did_you_mean
 from fsql.parsing.header import Header, parse_header
-from fsql.parsing.templating import Renderer
+from fsql.parsing.library_log import captured
+from fsql.parsing.limits import check_nesting, too_deep
+from fsql.parsing.safety import check_query
+from fsql.parsing.templating import Renderer, read_text
+
+# Relations fsql generates next to a view (``<view>__latest``...) and loads sources into
+# (``src__<source>``); a user's name must never collide with them.
+RESERVED_SUFFIXES = ("__latest", "__history", "__known_at")
+RESERVED_PREFIXES = ("__fsql", "src__")
 
 
 @dataclass
@@ -104,9 +113,7 @@ def parse_project(config: Config) -> ParsedProject:
         )
     files: list[ParsedFile] = []
     for file in sorted(features_dir.rglob("*.sql")):
-        parsed = parse_file(file, config, renderer)
-        if parsed is not None:
-            files.append(parsed)
+        files.append(parse_file(file, config, renderer))
 
     views: dict[str, ParsedFile] = {}
     sets: dict[str, ParsedFile] = {}
@@ -140,11 +147,11 @@ def parse_project(config: Config) -> ParsedProject:
     return ParsedProject(config, {p.name: p for p in ordered}, sets)
 
 
-def parse_file(file: Path, config: Config, renderer: Renderer) -> ParsedFile | None:
+def parse_file(file: Path, config: Config, renderer: Renderer) -> ParsedFile:
     shown = str(file.relative_to(config.root))
-    raw = file.read_text()
+    raw = read_text(file, shown)
     if not raw.strip():
-        return None
+        raise FeatureFileError("empty feature file", path=shown, hint="add a header or delete it")
     rendered, mapping = renderer.render(raw, shown)
     header = parse_header(rendered, shown)
     for key, line in header.lines.items():
@@ -163,6 +170,7 @@ def parse_file(file: Path, config: Config, renderer: Renderer) -> ParsedFile | N
             path=shown,
             line=header.lines["training_set"],
         )
+    _check_reserved_name(str(header.values[kind]), shown, header.lines[kind])
     dialect = str(header.values.get("dialect", config.dialect))
     if dialect not in SUPPORTED_DIALECTS:
         raise FeatureFileError(
@@ -179,18 +187,14 @@ def parse_file(file: Path, config: Config, renderer: Renderer) -> ParsedFile | N
     # header comments do not ride along on the query into generated SQL.
     lines = rendered.splitlines()
     sql_text = "\n" * (header.body_start - 1) + "\n".join(lines[header.body_start - 1 :])
-    try:
-        statements = sqlglot.parse(sql_text, read=dialect)
-    except ParseError as e:
-        detail = e.errors[0] if e.errors else {}
-        line = mapping[min(max(int(detail.get("line") or 1) - 1, 0), len(mapping) - 1)]
-        description = str(detail.get("description") or e).split("\n")[0]
-        raise FeatureFileError(
-            f"SQL syntax error: {description}", path=shown, line=line, hint=f"check the query is valid {dialect} SQL"
-        ) from None
-    except SqlglotError as e:
-        raise FeatureFileError(f"SQL error: {e}", path=shown, line=header.body_start) from None
-    statements = [s for s in statements if s is not None]
+
+    def file_line(rendered_line: int | None) -> int:
+        return mapping[min(max(int(rendered_line or 1) - 1, 0), len(mapping) - 1)]
+
+    statements = _parse_sql(sql_text, dialect, shown, file_line, header.body_start)
+    for statement in statements:
+        if not isinstance(statement, exp.Query):
+            check_query(statement, path=shown, line_of=lambda n: file_line(_node_line(n) or header.body_start))
     if len(statements) != 1 or not isinstance(statements[0], exp.Query):
         raise FeatureFileError(
             "a feature file must hold exactly one SELECT query",
@@ -209,8 +213,47 @@ def parse_file(file: Path, config: Config, renderer: Renderer) -> ParsedFile | N
         dialect=dialect,
         line_map=mapping,
     )
+    check_query(query, path=shown, line_of=lambda n: parsed.file_line(_node_line(n)))
     _collect_projections(parsed)
     return parsed
+
+
+def _parse_sql(sql_text: str, dialect: str, shown: str, file_line: Callable[[int | None], int],
+               body_start: int) -> list[exp.Expression]:
+    """sqlglot statements of a feature file's body, with every failure a located FeatureFileError."""
+    try:
+        parser_dialect = Dialect.get_or_raise(dialect)
+        with captured():
+            tokens = parser_dialect.tokenize(sql_text)
+            check_nesting(tokens, shown, file_line)
+            statements = parser_dialect.parser().parse(tokens, sql_text)
+    except ParseError as e:
+        detail = e.errors[0] if e.errors else {}
+        description = str(detail.get("description") or e).split("\n")[0]
+        raise FeatureFileError(
+            f"SQL syntax error: {description}", path=shown, line=file_line(detail.get("line")),
+            hint=f"check the query is valid {dialect} SQL",
+        ) from None
+    except SqlglotError as e:
+        raise FeatureFileError(f"SQL error: {e}", path=shown, line=file_line(body_start)) from None
+    except RecursionError:
+        raise too_deep(shown) from None
+    return [s for s in statements if s is not None]
+
+
+def _check_reserved_name(name: str, shown: str, line: int) -> None:
+    lowered = name.lower()
+    clash = next((s for s in RESERVED_SUFFIXES if lowered.endswith(s)), None) or next(
+        (p for p in RESERVED_PREFIXES if lowered.startswith(p)), None
+    )
+    if clash:
+        where = "end in" if clash in RESERVED_SUFFIXES else "start with"
+        raise FeatureFileError(
+            f"name '{name}' is reserved: fsql generates relations whose names {where} '{clash}'",
+            path=shown,
+            line=line,
+            hint="rename the view or training set",
+        )
 
 
 def _collect_projections(parsed: ParsedFile) -> None:
@@ -263,7 +306,7 @@ def _check_references(parsed: ParsedFile, known: set[str], config: Config) -> No
         line = parsed.file_line(_node_line(table))
         if name not in known:
             hint = did_you_mean(name, known) or (
-                "declare it under [sources] in fsql.toml, or qualify a warehouse table as schema.table"
+                "declare it under [sources] in fsql.toml"
             )
             raise parsed.error(f"unknown source or view '{name}'", line=line, hint=hint, cls=ResolutionError)
         if name == parsed.name:

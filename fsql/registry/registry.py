@@ -41,7 +41,7 @@ from fsql.definitions import (
     TrainingSet,
     fingerprint,
 )
-from fsql.errors import NotFoundError, RegistryError, did_you_mean
+from fsql.errors import NotFoundError, RegistryError, did_you_mean, redact_url
 from fsql.extras import require_extra
 from fsql.registry import tables as t
 
@@ -457,8 +457,9 @@ class Registry:
         sa_url = _normalize_url(url, base_dir)
         if sa_url.drivername == "postgresql+psycopg":
             require_extra("psycopg", "postgres")
-        # Messages name the URL as the user wrote it (driver rewrite undone), password masked.
-        shown = sa_url.set(drivername=sa.make_url(url).drivername).render_as_string(hide_password=True)
+        # Messages name the URL as the user wrote it (driver rewrite undone), every secret masked:
+        # SQLAlchemy's hide_password misses ?password= and other secret query parameters.
+        shown = redact_url(sa_url.set(drivername=sa.make_url(url).drivername).render_as_string(hide_password=False))
         try:
             engine = _create_engine(sa_url)
         except ImportError as exc:

@@ -18,6 +18,7 @@ import sqlglot
 from sqlglot import exp
 
 from fsql.compiler import pit
+from fsql.compiler.rewrites import generate
 from fsql.compiler.views import column_lineage, to_dialect
 from fsql.config import CONFIG_FILE, ModelConfig
 from fsql.definitions import (
@@ -176,7 +177,7 @@ class _Builder:
             if loaded or history_name(name) in missing or previous is None or previous.fingerprint != view.fingerprint:
                 self.ctx.refresh_history(view, recreate=True)
             latest = pit.latest_per_entity(self.ctx.pit_view(view), dialect=engine.dialect)
-            latest_sql = latest.sql(dialect=engine.dialect)
+            latest_sql = generate(latest, engine.dialect)
             engine.replace_view(f"{name}__latest", latest_sql)
             compiled[name] = {engine.dialect: body, f"{engine.dialect}:latest": latest_sql}
             lineage.extend(self._lineage(view_file))

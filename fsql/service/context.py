@@ -71,7 +71,9 @@ class Context:
         # A sample project's data is generated on first use, ending today, so the example's values
         # are fresh whenever a newcomer runs it; a user's own data folder is never touched.
         ensure_fresh(self.config.root)
-        return open_engine(self.config.warehouse, self.config.root, read_only=read_only)
+        # Feature SQL may read only the declared sources: the engine refuses every other file.
+        return open_engine(self.config.warehouse, self.config.root, read_only=read_only,
+                           sources=list(self.config.sources.values()))
 
     @contextmanager
     def warehouse(self, *, write: bool) -> Iterator[Engine]:
@@ -171,7 +173,8 @@ class Context:
                                       created=parsed.created, path=parsed.path, file_line=parsed.file_line)
         names = set(self.config.sources) | set(parsed.references)
         resolved = resolve_names(query, names, self.relation_for(dialect))
-        return to_dialect(resolved, parsed.dialect, dialect, pretty=pretty, path=parsed.path, line=parsed.line)
+        return to_dialect(resolved, parsed.dialect, dialect, pretty=pretty, path=parsed.path, line=parsed.line,
+                          file_line=parsed.file_line)
 
     def pit_view(
         self,

@@ -17,6 +17,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from fsql.compiler import pit
+from fsql.compiler.rewrites import generate
 from fsql.compiler.stats import stats_relation
 from fsql.definitions import KNOWN_AT, FeatureView, arrow_type, as_utc
 from fsql.engines import view_table
@@ -183,7 +184,7 @@ def _latest_sql(ctx: Context, view: FeatureView, start: datetime | None, end: da
     )
     query = pit.latest_per_entity(ctx.pit_view(view, relation=relation), dialect=dialect,
                                   as_of=param(end), apply_ttl=False)
-    return query.sql(dialect=dialect), params
+    return generate(query, dialect), params
 
 
 def _online_batch(batch: pa.RecordBatch, view: FeatureView, schema: pa.Schema) -> pa.RecordBatch:

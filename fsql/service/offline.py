@@ -15,6 +15,7 @@ import pyarrow as pa
 import sqlglot
 from sqlglot import exp
 
+from fsql.compiler.rewrites import generate
 from fsql.compiler.views import resolve_names, to_dialect
 from fsql.config import SUPPORTED_DIALECTS
 from fsql.definitions import (
@@ -111,7 +112,7 @@ def training_set(
                     raise RequestError(f"the spine has no column '{key}', the entity key of '{ref.view}'",
                                        hint=f"add {key} to the spine")
         query = ctx.pit_query(relation, columns, ts, refs, views, dialect=engine.dialect, mode=mode, ordinal=ordinal)
-        return engine.arrow(query.sql(dialect=engine.dialect))
+        return engine.arrow(generate(query, engine.dialect))
 
 
 def query(ctx: Context, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
