@@ -204,8 +204,11 @@ class SparkEngine:
 
     # Running SQL --------------------------------------------------------------------------------------
     def _df(self, sql: str, params: Sequence[Any] | None = None) -> Any:
+        args: list[Any] | dict[str, Any] | None = list(params) if params else None
+        if params and "${" in sql:
+            sql, args = _named_parameters(sql, params)
         try:
-            return self.spark.sql(sql, args=list(params)) if params else self.spark.sql(sql)
+            return self.spark.sql(sql, args=args) if args else self.spark.sql(sql)
         except Exception as e:
             raise EngineError(f"Spark: {_first_line(e)}") from e
 
@@ -375,6 +378,18 @@ class SparkEngine:
 def attach(spark: Any, root: str | Path, warehouse: SparkWarehouse | None = None) -> SparkEngine:
     """Recreate a project's generated views in a session you already have, to query them with Spark SQL."""
     return SparkEngine(warehouse or SparkWarehouse(), Path(root), session=spark)
+
+
+def _named_parameters(sql: str, params: Sequence[Any]) -> tuple[str, dict[str, Any]]:
+    """sqlglot writes numbered parameters as ``${1}`` for Spark, which Spark reads as a variable:
+    rewrite them as the named markers ``:p1`` that ``spark.sql(args=...)`` binds."""
+    import sqlglot
+
+    tree = sqlglot.parse_one(sql, read="spark")
+    tree = tree.transform(
+        lambda node: exp.Placeholder(this=f"p{node.this.name}") if isinstance(node, exp.Parameter) else node
+    )
+    return tree.sql(dialect="spark"), {f"p{i}": value for i, value in enumerate(params, 1)}
 
 
 def _first_line(e: BaseException) -> str:
