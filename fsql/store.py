@@ -11,7 +11,7 @@ import polars as pl
 
 from fsql.config import Config
 from fsql.definitions import FeatureView, PitMode, TrainingSet
-from fsql.errors import NotFoundError, did_you_mean
+from fsql.errors import NotFoundError, RequestError, did_you_mean
 from fsql.registry import LineageGraph, RunRecord, SearchHit, TrainingSetRecord, ViewRecord, ViewVersion
 from fsql.service import build as build_service
 from fsql.service import materialize as materialize_service
@@ -19,6 +19,7 @@ from fsql.service import offline
 from fsql.service.build import BuildResult
 from fsql.service.context import Context
 from fsql.service.materialize import RunResult
+from fsql.service.offline import WrittenSet
 from fsql.service.online import FeatureReader
 
 
@@ -69,6 +70,32 @@ class Store:
             table = offline.training_set(self._ctx, name, features=features, spine=spine, timestamp=timestamp,
                                          mode=pit_mode)
         return pl.from_arrow(table)  # type: ignore[return-value]
+
+    # Training sets larger than memory ------------------------------------------------------------------
+    def write_training_set(
+        self,
+        output: str | Path,
+        name: str | None = None,
+        *,
+        spine: Any = None,
+        features: Sequence[str] | None = None,
+        timestamp: str | None = None,
+        pit_mode: PitMode | None = None,
+    ) -> WrittenSet:
+        """Write a training set to ``output``: a directory of Parquet files written by the engine
+        (bounded memory here), or one ``.parquet`` file computed in memory; other suffixes are refused."""
+        path = Path(output)
+        if path.suffix.lower() == ".parquet":
+            frame = self.training_set(name, spine=spine, features=features, timestamp=timestamp, pit_mode=pit_mode)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            frame.write_parquet(path)
+            return WrittenSet(path, frame.height, 1)
+        if path.suffix:
+            raise RequestError(f"cannot write a training set to '{path}': unknown file type '{path.suffix}'",
+                               hint="name a directory (Parquet files written by the engine) or a .parquet file")
+        with self._ctx.warehouse(write=False):
+            return offline.write_training_set(self._ctx, path, name, features=features, spine=spine,
+                                              timestamp=timestamp, mode=pit_mode)
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
         """Plain SQL over the generated views (unqualified names resolve to the warehouse schema)."""

@@ -154,5 +154,24 @@ class DuckDBEngine:
     def refresh_history(self, name: str, index: exp.Expression | None, *, recreate: bool) -> None:
         raise EngineError("DuckDB keeps no persisted view history")  # callers check persists_history
 
+    def write_parquet(self, sql: str, directory: Path, params: Sequence[Any] | None = None) -> int:
+        """COPY ... TO a directory: DuckDB streams the rows into size-capped files data_0.parquet,
+        data_1.parquet, ... in the query's order."""
+        import sqlglot
+
+        directory.mkdir(parents=True, exist_ok=True)
+        copy = exp.Copy(
+            this=exp.Subquery(this=sqlglot.parse_one(sql, read="duckdb")),
+            kind=False,
+            files=[exp.Literal.string(str(directory))],
+            params=[
+                exp.CopyParameter(this=exp.var("FORMAT"), expression=exp.var("parquet")),
+                exp.CopyParameter(this=exp.var("FILE_SIZE_BYTES"), expression=exp.Literal.string("256MB")),
+                exp.CopyParameter(this=exp.var("OVERWRITE_OR_IGNORE"), expression=exp.true()),
+            ],
+        )
+        row = self._run(copy.sql(dialect="duckdb"), params).fetchone()
+        return int(row[0]) if row else 0
+
     def close(self) -> None:
         self.con.close()
