@@ -456,7 +456,7 @@ def get(
 def training_set(
     name: Annotated[str, typer.Argument(help="A training set defined in features/.")],
     spine: Annotated[str | None, typer.Option(help="A source name, a SQL query, or a .parquet/.csv file; default: the set's own spine.")] = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output file: .parquet, .csv or .jsonl (JSON lines).")] = Path("training_set.parquet"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output: a .parquet, .csv or .jsonl file, or a directory (DIR/) of Parquet files written by the engine.")] = Path("training_set.parquet"),
     pit_mode: PitModeOpt = PitModeChoice.known_at,
     project: ProjectOpt = Path("."),
     variables: VarOpt = None,
@@ -465,6 +465,14 @@ def training_set(
     import polars as pl
 
     fmt = OUTPUT_FORMATS.get(output.suffix.lower())
+    if not output.suffix:
+        # A directory: Parquet files written by the engine itself (for sets larger than memory).
+        with _store(project, variables) as store:
+            began = time.perf_counter()
+            written = store.write_training_set(output, name, spine=spine, pit_mode=pit_mode.value)  # type: ignore[arg-type]
+            typer.echo(f"wrote {written.rows:,} rows in {written.files} Parquet files to {output}/ "
+                       f"in {time.perf_counter() - began:.2f}s")
+        return
     if fmt is None:
         raise RequestError(f"cannot write '{output}': unknown file type '{output.suffix}'",
                            hint="use a .parquet, .csv or .jsonl file name")

@@ -25,6 +25,8 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_REGISTRY_URL = "sqlite:///.fsql/registry.db"
 DEFAULT_ONLINE_PATH = ".fsql/online.db"
 DEFAULT_WAREHOUSE_PATH = ".fsql/warehouse.duckdb"
+DEFAULT_SPARK_MASTER = "local[2]"
+DEFAULT_SPARK_CATALOG = ".fsql/spark"
 # The one list of SQL dialects fsql compiles to (feature files may be written in any of them); the
 # compiler holds one capability row per entry.
 SUPPORTED_DIALECTS = (
@@ -62,7 +64,22 @@ class PostgresWarehouse:
         return self.history == "table"
 
 
-Warehouse = DuckDBWarehouse | PostgresWarehouse
+@dataclass(frozen=True)
+class SparkWarehouse:
+    # exactly one of master (a classic session, local or cluster) or remote (Spark Connect, sc://...)
+    master: str = DEFAULT_SPARK_MASTER
+    remote: str | None = None
+    # extra Spark settings (spark.executor.memory, a Hive metastore...), values as strings
+    conf: tuple[tuple[str, str], ...] = ()
+    schema: str = "fsql"
+    # where the engine keeps the DDL of the generated views, replayed into each new session
+    catalog_dir: str = DEFAULT_SPARK_CATALOG
+    engine: str = "spark"
+    persists_history = False
+    locks_file = False
+
+
+Warehouse = DuckDBWarehouse | PostgresWarehouse | SparkWarehouse
 
 
 @dataclass(frozen=True)
@@ -184,7 +201,7 @@ class Config:
 # The keys each section accepts; named sub-tables ([entities.X], [sources.X], [models.X]) take theirs.
 _SECTIONS: dict[str, set[str]] = {
     "project": {"name", "dialect", "features_dir", "macros_dir"},
-    "warehouse": {"engine", "path", "url", "schema", "history"},
+    "warehouse": {"engine", "path", "url", "schema", "history", "master", "remote", "conf", "catalog_dir"},
     "online": {"store", "path", "url", "prefix"},
     "registry": {"url"},
     "vars": set(),
@@ -313,9 +330,11 @@ def _variant(cls: type, values: dict[str, Any]) -> Any:
 
 def _warehouse(file: _File, body: dict[str, Any]) -> Warehouse:
     values = {k: file.env(v, f"[warehouse] {k}", "warehouse") for k, v in body.items()}
-    variants = {"duckdb": DuckDBWarehouse, "postgres": PostgresWarehouse}
+    variants = {"duckdb": DuckDBWarehouse, "postgres": PostgresWarehouse, "spark": SparkWarehouse}
     engine = values.pop("engine", "duckdb")
     file.choice(engine, variants, "warehouse engine", "engine")
+    if engine == "spark":
+        values.update(_spark(file, body))
     if engine == "postgres":
         if values.get("history", "table") not in ("table", "view"):
             raise file.error(f"[warehouse] history must be 'table' or 'view', not '{values['history']}'",
@@ -325,6 +344,32 @@ def _warehouse(file: _File, body: dict[str, Any]) -> Warehouse:
     if not _IDENT.match(warehouse.schema):
         raise file.error(f"invalid warehouse schema name '{warehouse.schema}'", line=file.table_line("warehouse"))
     return warehouse
+
+
+def _spark(file: _File, body: dict[str, Any]) -> dict[str, Any]:
+    """The Spark-only keys: master or remote (not both), and conf as a table of scalar settings."""
+    if body.get("master") and body.get("remote"):
+        raise file.error("[warehouse] takes master or remote, not both", line=file.line_of("remote"),
+                         hint='master = "local[2]" runs Spark in this process; remote = "sc://host:15002" is Spark Connect')
+    remote = body.get("remote")
+    if remote is not None:
+        remote = file.env(remote, "[warehouse] remote", "warehouse")
+        if not isinstance(remote, str) or not remote.startswith("sc://"):
+            raise file.error(f"[warehouse] remote must be a Spark Connect URL sc://host:port, not '{remote}'",
+                             line=file.line_of("remote"))
+    conf = body.get("conf", {})
+    if not isinstance(conf, dict) or any(isinstance(v, dict | list) for v in conf.values()):
+        raise file.error("[warehouse] conf must be a table of settings", line=file.line_of("conf"),
+                         hint='e.g. conf = { "spark.executor.memory" = "4g" }')
+    pairs = tuple(sorted((str(k), _spark_value(file.env(v, f"[warehouse] conf.{k}", "warehouse")))
+                         for k, v in conf.items()))
+    return {"remote": remote, "conf": pairs}
+
+
+def _spark_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _online(file: _File, body: dict[str, Any]) -> Online:

@@ -12,7 +12,7 @@ from types import ModuleType
 from fsql.errors import MissingExtraError
 
 # What each extra of pyproject.toml's [project.optional-dependencies] enables, as users call it.
-EXTRAS = {"postgres": "PostgreSQL support", "ml": "scikit-learn models"}
+EXTRAS = {"postgres": "PostgreSQL support", "ml": "scikit-learn models", "spark": "the Spark warehouse"}
 
 
 def require_extra(module: str, extra: str) -> ModuleType:

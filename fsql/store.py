@@ -11,7 +11,7 @@ import polars as pl
 
 from fsql.config import Config
 from fsql.definitions import FeatureView, Model, PitMode, TrainingSet, output_names, parse_ref
-from fsql.errors import NotFoundError, did_you_mean
+from fsql.errors import NotFoundError, RequestError, did_you_mean
 from fsql.registry import LineageGraph, RunRecord, SearchHit, TrainingSetRecord, ViewRecord, ViewVersion
 from fsql.registry.catalog import FeatureLineage, RankedHit, Revision, StatsRecord, VersionDiff, version_diff
 from fsql.service import build as build_service
@@ -24,6 +24,7 @@ from fsql.service.build import BuildResult
 from fsql.service.check import CheckResult
 from fsql.service.context import Context
 from fsql.service.materialize import RunResult
+from fsql.service.offline import WrittenSet
 from fsql.service.online import FeatureReader
 from fsql.service.predict import SkewReport
 from fsql.service.stats import StatsScope
@@ -79,6 +80,32 @@ class Store:
             table = offline.training_set(self._ctx, name, features=features, spine=spine, timestamp=timestamp,
                                          mode=pit_mode)
         return pl.from_arrow(table)  # type: ignore[return-value]
+
+    # Training sets larger than memory ------------------------------------------------------------------
+    def write_training_set(
+        self,
+        output: str | Path,
+        name: str | None = None,
+        *,
+        spine: Any = None,
+        features: Sequence[str] | None = None,
+        timestamp: str | None = None,
+        pit_mode: PitMode | None = None,
+    ) -> WrittenSet:
+        """Write a training set to ``output``: a directory of Parquet files written by the engine
+        (bounded memory here), or one ``.parquet`` file computed in memory; other suffixes are refused."""
+        path = Path(output)
+        if path.suffix.lower() == ".parquet":
+            frame = self.training_set(name, spine=spine, features=features, timestamp=timestamp, pit_mode=pit_mode)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            frame.write_parquet(path)
+            return WrittenSet(path, frame.height, 1)
+        if path.suffix:
+            raise RequestError(f"cannot write a training set to '{path}': unknown file type '{path.suffix}'",
+                               hint="name a directory (Parquet files written by the engine) or a .parquet file")
+        with self._ctx.warehouse(write=False):
+            return offline.write_training_set(self._ctx, path, name, features=features, spine=spine,
+                                              timestamp=timestamp, mode=pit_mode)
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
         """Plain SQL over the generated views (unqualified names resolve to the warehouse schema)."""

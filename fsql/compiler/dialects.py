@@ -56,6 +56,9 @@ class Capabilities:
     # the ASOF plan passes the spine rows themselves through the joins (see pit._asof_carry) instead
     # of probing distinct points and joining back: faster on DuckDB, needs materialized_cte
     asof_carry_spine: bool = False
+    # a function numbering rows in scan order, for dialects whose ROW_NUMBER() needs an ORDER BY
+    # (Spark): the spine's row number only orders the output, so any increasing id will do
+    scan_order_id: str | None = None
     # plan for an unindexed history, and for a history persisted as a table with `offline_index`
     pit_plan: PitPlan = "timeline"
     pit_plan_indexed: PitPlan = "timeline"
@@ -101,7 +104,8 @@ _CAPABILITIES: dict[str, Capabilities] = {
         ),
         Capabilities(name="bigquery", qualify=True, nan_sorts_first=True),
         Capabilities(name="databricks", qualify=True),
-        Capabilities(name="spark"),
+        # Spark: no ASOF, no LATERAL; the timeline plan is one sort per view (bench/pit.py --engine spark).
+        Capabilities(name="spark", scan_order_id="MONOTONICALLY_INCREASING_ID"),
         Capabilities(name="trino"),
         Capabilities(name="presto"),
         Capabilities(name="athena"),

@@ -223,7 +223,10 @@ def compile_pit(
     source = _cte_or_table(spine, names("spine"), ctes)
     numbered = exp.select(
         *(exp.column(c, "sp", quoted=True) for c in spine_columns),
-        exp.alias_(exp.Window(this=exp.RowNumber()), row_id, quoted=True, copy=False),
+        exp.alias_(
+            exp.Anonymous(this=caps.scan_order_id) if caps.scan_order_id else exp.Window(this=exp.RowNumber()),
+            row_id, quoted=True, copy=False,
+        ),
         copy=False,
     ).from_(_aliased(source, "sp"), copy=False)
     if caps.materialized_cte:

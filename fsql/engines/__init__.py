@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from fsql.config import DuckDBWarehouse, PostgresWarehouse, SourceConfig, Warehouse
+from fsql.config import DuckDBWarehouse, PostgresWarehouse, SourceConfig, SparkWarehouse, Warehouse
 from fsql.engines.base import Engine, history_name, view_table
 
 
@@ -17,6 +17,10 @@ def open_engine(warehouse: Warehouse, root: Path, *, read_only: bool = False,
         from fsql.engines.postgres import PostgresEngine
 
         return PostgresEngine(warehouse.url, warehouse.schema, root, history=warehouse.history)
+    if isinstance(warehouse, SparkWarehouse):
+        from fsql.engines.spark import SparkEngine
+
+        return SparkEngine(warehouse, root)
     assert isinstance(warehouse, DuckDBWarehouse)
     from fsql.engines.duckdb import DuckDBEngine
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -103,6 +104,10 @@ class Engine(Protocol):
     def refresh_history(self, name: str, index: exp.Expression | None, *, recreate: bool) -> None:
         """Rewrite ``<name>__history`` from the view ``name`` (engines with ``persists_history``)."""
 
+    def write_parquet(self, sql: str, directory: Path, params: Sequence[Any] | None = None) -> int:
+        """Write the query's rows, in order, as Parquet files in ``directory`` with bounded client
+        memory (the engine's own writer where it has one); returns the row count."""
+
     def close(self) -> None: ...
 
 
@@ -111,6 +116,34 @@ def missing_source(source: SourceConfig) -> ConfigError:
     return ConfigError(f"source '{source.name}' reads {source.path}, which matches no file",
                        path=CONFIG_FILE, line=source.line or None,
                        hint="fix [sources." + source.name + "] path, or create the file")
+
+
+ROWS_PER_FILE = 1_000_000
+
+
+def write_batches_parquet(batches: Iterator[pa.RecordBatch], directory: Path, rows_per_file: int = ROWS_PER_FILE) -> int:
+    """Stream batches into numbered Parquet files (part-00000.parquet, ...), holding one batch at a time."""
+    import pyarrow.parquet as pq
+
+    directory.mkdir(parents=True, exist_ok=True)
+    writer: pq.ParquetWriter | None = None
+    rows = in_file = files = 0
+    try:
+        for batch in batches:
+            if writer is not None and in_file >= rows_per_file:
+                writer.close()
+                writer = None
+            if writer is None:
+                writer = pq.ParquetWriter(directory / f"part-{files:05d}.parquet", batch.schema)
+                files += 1
+                in_file = 0
+            writer.write_batch(batch)
+            rows += batch.num_rows
+            in_file += batch.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    return rows
 
 
 def history_name(view: str) -> str:

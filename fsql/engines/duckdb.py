@@ -20,7 +20,7 @@ from sqlglot import exp
 
 from fsql.config import SourceConfig
 from fsql.definitions import Column
-from fsql.engines.base import columns_of, missing_source, view_table
+from fsql.engines.base import columns_of, missing_source, view_table, write_batches_parquet
 from fsql.errors import EngineError, EngineUnavailableError
 
 
@@ -201,6 +201,12 @@ class DuckDBEngine:
 
     def refresh_history(self, name: str, index: exp.Expression | None, *, recreate: bool) -> None:
         raise EngineError("DuckDB keeps no persisted view history")  # callers check persists_history
+
+    def write_parquet(self, sql: str, directory: Path, params: Sequence[Any] | None = None) -> int:
+        """Stream the rows into numbered Parquet files in the query's order, one batch in memory at a
+        time. Written from Python rather than with COPY ... TO, because the connection may not touch
+        files other than the declared sources (see ``lock_down``)."""
+        return write_batches_parquet(self.batches(sql, params, batch_size=100_000), directory)
 
     def close(self) -> None:
         self.con.close()

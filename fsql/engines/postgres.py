@@ -18,7 +18,7 @@ from sqlglot import exp
 
 from fsql.config import SourceConfig
 from fsql.definitions import Column
-from fsql.engines.base import columns_of, history_name, missing_source, view_table
+from fsql.engines.base import columns_of, history_name, missing_source, view_table, write_batches_parquet
 from fsql.errors import EngineError, EngineUnavailableError, redact_url
 from fsql.extras import require_extra
 
@@ -237,6 +237,10 @@ class PostgresEngine:
                 self.execute(f"DELETE FROM {table}")
                 self.execute(f"INSERT INTO {table} SELECT * FROM {view}")
             self.execute(f"ANALYZE {table}")
+
+    def write_parquet(self, sql: str, directory: Path, params: Sequence[Any] | None = None) -> int:
+        # PostgreSQL cannot write Parquet: stream the result, one Arrow batch in memory at a time.
+        return write_batches_parquet(self.batches(sql, params), directory)
 
     def close(self) -> None:
         with suppress(Exception):

@@ -45,6 +45,20 @@ class Definitions:
         return self
 
 
+def open_online(config: Config) -> OnlineStore:
+    """The online store of ``config``; also how an engine's workers reopen it in their own process."""
+    cfg = config.online
+    if isinstance(cfg, RedisOnline):
+        return open_online_store("redis", url=cfg.url, prefix=cfg.prefix)
+    path = cfg.path if cfg.path == ":memory:" else str(config.resolve(cfg.path))
+    return open_online_store("sqlite", path=path, prefix=config.name)
+
+
+def online_reopenable(config: Config) -> bool:
+    """Whether another process can open the same online store (an in-memory SQLite store cannot)."""
+    return isinstance(config.online, RedisOnline) or config.online.path != ":memory:"
+
+
 class Context:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -100,12 +114,7 @@ class Context:
     @property
     def online_store(self) -> OnlineStore:
         if self._online is None:
-            cfg = self.config.online
-            if isinstance(cfg, RedisOnline):
-                self._online = open_online_store("redis", url=cfg.url, prefix=cfg.prefix)
-            else:
-                path = cfg.path if cfg.path == ":memory:" else str(self.config.resolve(cfg.path))
-                self._online = open_online_store("sqlite", path=path, prefix=self.config.name)
+            self._online = open_online(self.config)
         return self._online
 
     def close_engine(self) -> None:

@@ -8,7 +8,7 @@ watermark; re-running converges.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +19,7 @@ from sqlglot import exp
 from fsql.compiler import pit
 from fsql.compiler.rewrites import generate
 from fsql.compiler.stats import stats_relation
+from fsql.config import Config
 from fsql.definitions import KNOWN_AT, FeatureView, arrow_type, as_utc
 from fsql.engines import view_table
 from fsql.engines.stats import feature_stats
@@ -31,7 +32,7 @@ from fsql.errors import (
 )
 from fsql.online import CREATED, EVENT_TS, OnlineTable
 from fsql.online.base import online_table_of
-from fsql.service.context import Context
+from fsql.service.context import Context, online_reopenable, open_online
 
 RowProgress = Callable[[str, int], None]
 
@@ -109,12 +110,20 @@ def _materialize_view(ctx: Context, view: FeatureView, *, full: bool, start: dat
         # transparently: a run that spans a restart must fail, not advance the watermark.
         instance = store.instance_id()
         sql, params = _latest_sql(ctx, view, window_start, end)
-        for batch in engine.batches(sql, params, batch_size=batch_size):
-            batch = _online_batch(batch, view, schema)
-            store.write_batch(table, batch)
-            rows += batch.num_rows
+        if getattr(engine, "writes_from_workers", False) and online_reopenable(ctx.config):
+            # A distributed engine upserts each partition from its executors: the driver never
+            # holds the rows, only the count each partition wrote.
+            rows = engine.write_partitions(sql, params, _PartitionWriter(ctx.config, view, table, schema,
+                                                                         batch_size))
             if progress:
-                progress(view.name, batch.num_rows)
+                progress(view.name, rows)
+        else:
+            for batch in engine.batches(sql, params, batch_size=batch_size):
+                batch = _online_batch(batch, view, schema)
+                store.write_batch(table, batch)
+                rows += batch.num_rows
+                if progress:
+                    progress(view.name, batch.num_rows)
         if store.instance_id() != instance:
             raise OnlineStoreError(
                 "the online store's server restarted during the run, so rows written before the restart "
@@ -141,6 +150,30 @@ def _materialize_view(ctx: Context, view: FeatureView, *, full: bool, start: dat
                                   end, dialect=engine.dialect)
         registry.save_stats(view.name, view.version, "latest", end, feature_stats(engine, relation, view))
     return RunResult(view.name, view.version, window_start, end, rows, duration, "success")
+
+
+@dataclass(frozen=True)
+class _PartitionWriter:
+    """Upserts one partition's rows into the online store, in a worker process (pickled there)."""
+
+    config: Config
+    view: FeatureView
+    table: OnlineTable
+    schema: pa.Schema
+    batch_size: int
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> int:
+        store = open_online(self.config)
+        rows = 0
+        try:
+            for batch in batches:
+                for offset in range(0, batch.num_rows, self.batch_size):
+                    part = _online_batch(batch.slice(offset, self.batch_size), self.view, self.schema)
+                    store.write_batch(self.table, part)
+                    rows += part.num_rows
+        finally:
+            store.close()
+        return rows
 
 
 def _online_schema(view: FeatureView, table: OnlineTable) -> pa.Schema:

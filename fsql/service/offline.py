@@ -9,6 +9,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -84,6 +86,55 @@ def training_set(
     mode: PitMode | None = None,
 ) -> pa.Table:
     """A point-in-time correct training set: the spine's rows in order, then one column per feature."""
+    with _training_query(ctx, name, features=features, spine=spine, timestamp=timestamp, mode=mode) as sql:
+        return ctx.engine.arrow(sql)
+
+
+@dataclass(frozen=True)
+class WrittenSet:
+    """A training set written as Parquet files by the engine."""
+
+    path: Path
+    rows: int
+    files: int
+
+
+def write_training_set(
+    ctx: Context,
+    directory: Path,
+    name: str | None = None,
+    *,
+    features: Sequence[str] | None = None,
+    spine: Spine = None,
+    timestamp: str | None = None,
+    mode: PitMode | None = None,
+) -> WrittenSet:
+    """The training set written as Parquet files into ``directory`` by the engine itself (Spark's
+    writers, DuckDB's COPY, streamed batches on PostgreSQL): the client never holds the whole set.
+    The files are numbered in the set's row order; an existing directory's Parquet files are replaced."""
+    if directory.exists() and not directory.is_dir():
+        raise RequestError(f"cannot write the training set into '{directory}': it is a file",
+                           hint="name a directory, or a .parquet file for a single file")
+    if directory.is_dir():
+        for old in directory.glob("*.parquet"):
+            old.unlink()
+    with _training_query(ctx, name, features=features, spine=spine, timestamp=timestamp, mode=mode) as sql:
+        rows = ctx.engine.write_parquet(sql, directory)
+    return WrittenSet(directory, rows, len(list(directory.glob("*.parquet"))))
+
+
+@contextmanager
+def _training_query(
+    ctx: Context,
+    name: str | None,
+    *,
+    features: Sequence[str] | None,
+    spine: Spine,
+    timestamp: str | None,
+    mode: PitMode | None,
+) -> Iterator[str]:
+    """The training set's SQL in the engine's dialect, valid while the context is open (a DataFrame
+    spine stays registered with the engine until then)."""
     definitions = ctx.definitions().require_built()
     views, sets = definitions.views, definitions.training_sets
     definition = None
@@ -112,7 +163,7 @@ def training_set(
                     raise RequestError(f"the spine has no column '{key}', the entity key of '{ref.view}'",
                                        hint=f"add {key} to the spine")
         query = ctx.pit_query(relation, columns, ts, refs, views, dialect=engine.dialect, mode=mode, ordinal=ordinal)
-        return engine.arrow(generate(query, engine.dialect))
+        yield generate(query, engine.dialect)
 
 
 def query(ctx: Context, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
