@@ -16,9 +16,9 @@ from fsql.config import SourceConfig, load_config
 from fsql.engines.duckdb import DuckDBEngine
 from fsql.errors import EngineError, FeatureFileError, OnlineStoreError, RegistryError, redact_url
 from fsql.parsing.project import parse_project
-from fsql.service import Service
 from tests.conftest import POSTGRES_URL
 from tests.projects import example_project
+from tests.service_adapter import Service
 
 runner = CliRunner()
 
