@@ -2,12 +2,26 @@
 
 Semantics every store guarantees (DESIGN.md section 4):
 
-- **Newer-wins, atomically in the store.** A written row replaces the stored row of the same entity only
-  if its ``(event_ts, created)`` is strictly greater, with a NULL ``created`` ranking lowest. Equal or
-  older rows leave the stored row as it is, so re-writing is idempotent and concurrent writers of the
-  same keys never make a value regress.
+- **Newer-wins on the whole PIT tie order, atomically in the store.** A written row replaces the stored
+  row of the same entity only if it ranks strictly higher in the order of DESIGN.md section 3 rule 4:
+  ``event_ts``, then ``created`` (NULL lowest), then each feature value in ``OnlineTable.features``
+  order (see ``order``). Rows that rank level or lower leave the stored row as it is, so re-writing is
+  idempotent and concurrent writers of the same keys never make a value regress.
 - **Namespaced by view version.** Rows of ``OnlineTable(view, version=A)`` are never read through
   ``version=B``; ``drop`` removes one version only.
+- **Generations.** A version's keyspace has one *active* generation, the one readers see, and any
+  number of generations being built. A full recompute writes a fresh generation (``begin_generation``,
+  ``write_batch(..., generation=g)``) and ``commit_generation`` switches readers to it atomically and
+  frees the old one: readers never see a half-written generation, and entities the recompute did not
+  write are no longer served. ``write_batch`` without a generation (incremental runs) writes
+  newer-wins into the active generation *and* every generation being built, so a recompute running
+  beside it does not lose its rows. Committing generation g also frees every generation begun before
+  g that is still being built (a slower or crashed recompute of older data): writing to or committing
+  a freed generation raises ``OnlineStoreError``.
+- **Completion marker.** ``has_marker`` is true only after ``set_marker`` or ``commit_generation``
+  succeeded since the store last lost its data (writes alone never create it). Both accept the
+  ``instance_id()`` read at the start of the run and then act only if the server is still that
+  instance, atomically, so a restart that lost the run's rows can never leave a marker behind.
 - **Exact values.** ``read`` returns Python objects of the features' Arrow types: int64 exact, NaN stays
   NaN, '' stays '', NULL is None, timestamps with a time zone come back as tz-aware UTC datetimes
   (naive timestamp types as naive datetimes), date32 as ``date``, decimals as ``Decimal``.
@@ -23,6 +37,8 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import pyarrow as pa
+
+from fsql.errors import OnlineStoreError
 
 EVENT_TS = "__fsql_event_ts"
 CREATED = "__fsql_created"
@@ -52,13 +68,24 @@ def namespace(prefix: str, table: OnlineTable) -> str:
     return f"{prefix}:{table.view}:{table.version}:"
 
 
+def not_building(table: OnlineTable, generation: str) -> OnlineStoreError:
+    return OnlineStoreError(
+        f"generation {generation} of {table.view} (version {table.version}) is not being built: it was "
+        "committed, aborted, lost with the store's data, or superseded by a newer full recompute",
+        hint="run the full recompute again",
+    )
+
+
 class OnlineStore(Protocol):
-    def write_batch(self, table: OnlineTable, batch: pa.RecordBatch) -> int:
+    def write_batch(self, table: OnlineTable, batch: pa.RecordBatch, *, generation: str | None = None) -> int:
         """Upsert ``batch`` newer-wins; return how many rows changed the store (inserted or replaced).
 
         ``batch`` holds the entity key columns, ``EVENT_TS`` (never NULL), ``CREATED`` (nullable) and the
         feature columns; other columns are ignored. Rows with a NULL key part are skipped (a NULL key
         never matches). Rows that lost to the stored row are not counted, so a re-write returns 0.
+        ``generation`` None writes the active generation (counted) and every generation being built;
+        a generation from ``begin_generation`` writes that one only, and raises ``OnlineStoreError`` if
+        it was committed, aborted or superseded.
         Raises ``OnlineStoreError`` if the store fails; the rows written before the failure stay, and
         re-running the whole batch is safe (idempotent).
         """
@@ -69,13 +96,14 @@ class OnlineStore(Protocol):
     ) -> list[list[OnlineRow | None]]:
         """For each ``(table, keys)`` request, the stored row per key tuple (None when missing).
 
-        All requests are served in one round trip to the store. Key tuples hold Python values of the
-        key columns' types, in ``table.entity_keys`` order.
+        Reads the active generation. All requests are served in one round trip to the store (one more
+        right after a generation switch). Key tuples hold Python values of the key columns' types, in
+        ``table.entity_keys`` order.
         """
         ...
 
     def drop(self, table: OnlineTable) -> None:
-        """Delete every row of this view version (other versions are untouched)."""
+        """Delete every row of this view version, every generation, and its marker."""
         ...
 
     def instance_id(self) -> str | None:
@@ -83,11 +111,37 @@ class OnlineStore(Protocol):
         ...
 
     def has_marker(self, table: OnlineTable) -> bool:
-        """Whether ``set_marker`` was called for this version since the store last lost its data."""
+        """Whether a run completed (``set_marker`` / ``commit_generation``) since the store lost data."""
         ...
 
-    def set_marker(self, table: OnlineTable) -> None:
-        """Record that a run completed into this version's keyspace."""
+    def set_marker(self, table: OnlineTable, *, instance: str | None = None) -> bool:
+        """Record that a run completed into the active generation; return whether it was recorded.
+
+        With ``instance`` (the run's first ``instance_id()``), the marker is set only if the store is
+        still that instance, checked atomically with the write: False means the store restarted during
+        the run and may have lost its rows, so the run must fail and keep its old watermark.
+        """
+        ...
+
+    def clear_marker(self, table: OnlineTable) -> None:
+        """Forget the marker, so the next run recomputes everything."""
+        ...
+
+    def begin_generation(self, table: OnlineTable) -> str:
+        """Start a new, empty generation of this version; readers keep seeing the active one."""
+        ...
+
+    def commit_generation(self, table: OnlineTable, generation: str, *, instance: str | None = None) -> bool:
+        """Atomically make ``generation`` the active one and set the marker; free the old generation.
+
+        With ``instance``, only if the store is still that instance (False otherwise: nothing changed,
+        abort the generation). Raises ``OnlineStoreError`` if the generation is not being built
+        (aborted, superseded by a newer commit, or lost).
+        """
+        ...
+
+    def abort_generation(self, table: OnlineTable, generation: str) -> None:
+        """Free a generation being built; a no-op if it is already gone."""
         ...
 
     def close(self) -> None: ...
