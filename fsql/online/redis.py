@@ -108,9 +108,11 @@ class RedisOnlineStore:
             hint = hint or "is redis-server running and reachable? check FSQL_REDIS_URL"
         return OnlineStoreError(f"Redis at {redact_url(self.url)} failed while {action}: {exc}", hint=hint)
 
-    def _state_key(self, table: OnlineTable) -> str:
+    def _state_key_for_update(self, table: OnlineTable) -> str:
         # The namespace without its trailing ':' can never be an entity key, which always has it.
-        return namespace(self.prefix, table).rstrip(":")
+        key = namespace(self.prefix, table).rstrip(":")
+        self._states.pop(key, None)  # every caller is about to change or re-read the state
+        return key
 
     def _fetch_state(self, state_key: str) -> bytes | None:
         raw = self.client.get(state_key)
@@ -142,6 +144,8 @@ class RedisOnlineStore:
         written = start = 0
         try:
             state = self._states[state_key] if state_key in self._states else self._fetch_state(state_key)
+            if generation is not None and generation not in _parse_state(state)[2]:
+                state = self._fetch_state(state_key)  # begun since this client last looked
             for start in range(0, len(calls), per_pipe):
                 pending = calls[start : start + per_pipe]
                 for _ in range(_MAX_STALE):
@@ -273,32 +277,32 @@ class RedisOnlineStore:
     def has_marker(self, table: OnlineTable) -> bool:
         """Whether a run completed into this keyspace since the server last lost its data."""
         try:
-            return _parse_state(self._fetch_state(self._state_key(table)))[0]
+            return _parse_state(self._fetch_state(self._state_key_for_update(table)))[0]
         except RedisError as exc:
             raise self._fail("checking the marker", exc) from exc
 
     def set_marker(self, table: OnlineTable, *, instance: str | None = None) -> bool:
         try:
-            return bool(self._set_marker(keys=[self._state_key(table)], args=[instance or ""]))
+            return bool(self._set_marker(keys=[self._state_key_for_update(table)], args=[instance or ""]))
         except RedisError as exc:
             raise self._fail("setting the marker", exc) from exc
 
     def clear_marker(self, table: OnlineTable) -> None:
         try:
-            self._clear_marker(keys=[self._state_key(table)])
+            self._clear_marker(keys=[self._state_key_for_update(table)])
         except RedisError as exc:
             raise self._fail("clearing the marker", exc) from exc
 
     def begin_generation(self, table: OnlineTable) -> str:
         try:
-            return self._begin(keys=[self._state_key(table)]).decode()
+            return self._begin(keys=[self._state_key_for_update(table)]).decode()
         except RedisError as exc:
             raise self._fail(f"starting a generation of {table.view} (version {table.version})", exc) from exc
 
     def commit_generation(self, table: OnlineTable, generation: str, *, instance: str | None = None) -> bool:
         action = f"switching {table.view} (version {table.version}) to generation {generation}"
         try:
-            result = self._commit(keys=[self._state_key(table)], args=[generation, instance or ""])
+            result = self._commit(keys=[self._state_key_for_update(table)], args=[generation, instance or ""])
         except RedisError as exc:
             raise self._fail(action, exc) from exc
         if result[0] == 0:
@@ -312,7 +316,7 @@ class RedisOnlineStore:
     def abort_generation(self, table: OnlineTable, generation: str) -> None:
         action = f"aborting generation {generation} of {table.view} (version {table.version})"
         try:
-            self._abort(keys=[self._state_key(table)], args=[generation])
+            self._abort(keys=[self._state_key_for_update(table)], args=[generation])
         except RedisError as exc:
             raise self._fail(action, exc) from exc
         self._free(table, generation, action)
@@ -344,7 +348,7 @@ class RedisOnlineStore:
             self.client.unlink(*batch)
 
     def drop(self, table: OnlineTable) -> None:
-        state_key = self._state_key(table)
+        state_key = self._state_key_for_update(table)
         try:
             self.client.unlink(state_key)
             self._states.pop(state_key, None)
