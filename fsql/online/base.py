@@ -22,6 +22,12 @@ Semantics every store guarantees (DESIGN.md section 4):
   succeeded since the store last lost its data (writes alone never create it). Both accept the
   ``instance_id()`` read at the start of the run and then act only if the server is still that
   instance, atomically, so a restart that lost the run's rows can never leave a marker behind.
+- **A run's call order** (so that a restart of the store between the last write and the marker is
+  always caught, issue 9.6): ``instance = instance_id()``; for a full recompute ``g =
+  begin_generation(t)``; ``write_batch(t, b, generation=g)`` for every batch; then the marker FIRST,
+  ``commit_generation(t, g, instance=instance)`` or, incremental, ``set_marker(t, instance=instance)``;
+  THEN verify ``instance_id() == instance``. A False from the marker call or a changed instance fails
+  the run (``clear_marker``, watermark kept); any failure of a full recompute ``abort_generation``.
 - **Exact values.** ``read`` returns Python objects of the features' Arrow types: int64 exact, NaN stays
   NaN, '' stays '', NULL is None, timestamps with a time zone come back as tz-aware UTC datetimes
   (naive timestamp types as naive datetimes), date32 as ``date``, decimals as ``Decimal``.
