@@ -81,7 +81,10 @@ for t = 0, targets - 1 do
     local c = 1
     if #old >= size then
       c = cmp_bytes(sub(new, 1, size), old)
-      if c == 0 then c = compare_rows(new, redis.call('GET', key)) end
+      if c == 0 then
+        local stored = redis.call('GET', key)
+        if stored == new then c = 0 else c = compare_rows(new, stored) end  -- a re-write: no walk
+      end
     end
     if c > 0 then
       if ttl > 0 then
