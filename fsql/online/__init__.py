@@ -1,4 +1,5 @@
-"""Online stores: Redis and SQLite behind one protocol (``OnlineStore``: write_batch, read, drop, close).
+"""Online stores: Redis and SQLite behind one protocol (``OnlineStore`` in ``base``: write_batch, read,
+markers, generations for full recomputes, drop, close).
 
 from fsql.online import open_online_store, OnlineTable
 store = open_online_store("redis", url="redis://127.0.0.1:6379/0", prefix="fsql")
