@@ -25,7 +25,7 @@ import pytest
 from redis_server import RedisServer
 
 from fsql.errors import OnlineStoreError
-from fsql.online import CREATED, EVENT_TS, OnlineTable
+from fsql.online import CREATED, EVENT_TS, GenerationNotBuilding, OnlineTable
 from fsql.online.redis import RedisOnlineStore
 from fsql.online.sqlite import SqliteOnlineStore
 
@@ -116,7 +116,7 @@ def test_restart_during_a_generation_build_never_switches(server: RedisServer) -
         store.write_batch(TABLE, batch(range(N), 1.0), generation=generation)
         server.restart()
         assert store.commit_generation(TABLE, generation, instance=instance) is False
-        with pytest.raises(OnlineStoreError, match="lost with the store's data"):
+        with pytest.raises(GenerationNotBuilding, match="lost when the store restarted"):
             store.commit_generation(TABLE, generation)
         with pytest.raises(OnlineStoreError, match="is not being built"):
             store.write_batch(TABLE, batch(range(N), 1.0), generation=generation)

@@ -23,7 +23,7 @@ from conftest import REDIS_URL
 from redis_server import RedisServer
 
 from fsql.errors import OnlineStoreError
-from fsql.online import CREATED, EVENT_TS, OnlineTable
+from fsql.online import CREATED, EVENT_TS, GenerationNotBuilding, OnlineTable
 from fsql.online.redis import RedisOnlineStore
 from fsql.online.sqlite import SqliteOnlineStore
 
@@ -161,7 +161,7 @@ def test_aborted_and_superseded_generations_are_freed_and_refuse_writes(store) -
     assert store.commit_generation(table, newer)
     assert values(store, table, range(3)) == [4.0] * 3
     # `older` began before `newer`: its recompute is stale, so it was freed with the old generation
-    with pytest.raises(OnlineStoreError, match="superseded"):
+    with pytest.raises(GenerationNotBuilding, match="superseded"):
         store.write_batch(table, batch(range(3), 3.0), generation=older)
     with pytest.raises(OnlineStoreError, match="is not being built"):
         store.commit_generation(table, older)

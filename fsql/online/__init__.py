@@ -9,9 +9,9 @@ store = open_online_store("sqlite", path=".fsql/online.db")
 from __future__ import annotations
 
 from fsql.errors import OnlineStoreError, did_you_mean
-from fsql.online.base import CREATED, EVENT_TS, OnlineRow, OnlineStore, OnlineTable
+from fsql.online.base import CREATED, EVENT_TS, GenerationNotBuilding, OnlineRow, OnlineStore, OnlineTable
 
-__all__ = ["CREATED", "EVENT_TS", "OnlineRow", "OnlineStore", "OnlineTable", "open_online_store"]
+__all__ = ["CREATED", "EVENT_TS", "GenerationNotBuilding", "OnlineRow", "OnlineStore", "OnlineTable", "open_online_store"]
 
 KINDS = ("redis", "sqlite")
 

@@ -74,10 +74,17 @@ def namespace(prefix: str, table: OnlineTable) -> str:
     return f"{prefix}:{table.view}:{table.version}:"
 
 
-def not_building(table: OnlineTable, generation: str) -> OnlineStoreError:
-    return OnlineStoreError(
+class GenerationNotBuilding(OnlineStoreError):
+    """A write or commit named a generation that is no longer being built: it was committed, aborted,
+    lost when the store restarted, or superseded by a full recompute begun later. The run writing it
+    must stop; a caller can tell a restart (``instance_id`` changed) from a superseded run."""
+
+
+def not_building(table: OnlineTable, generation: str) -> GenerationNotBuilding:
+    return GenerationNotBuilding(
         f"generation {generation} of {table.view} (version {table.version}) is not being built: it was "
-        "committed, aborted, lost with the store's data, or superseded by a newer full recompute",
+        "committed, aborted, lost when the store restarted or lost its data, or superseded by a full "
+        "recompute begun later",
         hint="run the full recompute again",
     )
 
