@@ -111,7 +111,7 @@ def test_full_swap_serves_exactly_the_new_generation(store) -> None:
     assert values(store, table, range(10)) == [5.0] * 10  # not visible before the commit
     assert store.has_marker(table)
 
-    assert store.commit_generation(table, generation)
+    assert store.commit_generation(table, generation) == "committed"
     assert values(store, table, range(10)) == [1.0] * 5 + [None] * 5
     assert store.has_marker(table)
     # the old generation is freed: as many keys / tables as before, for half the entities
@@ -130,7 +130,7 @@ def test_incremental_writes_reach_the_generation_being_built(store) -> None:
     # an incremental run beside the recompute: entity 3 gets a newer value, and a new entity 9 appears
     assert store.write_batch(table, batch([3, 9], 7.0, T0 + timedelta(hours=1))) == 2
     assert values(store, table, [0, 3, 9]) == [1.0, 7.0, 7.0]
-    assert store.commit_generation(table, generation)
+    assert store.commit_generation(table, generation) == "committed"
     assert values(store, table, [0, 1, 2, 3, 9]) == [1.0, 1.0, 1.0, 7.0, 7.0]
     # after the switch, incremental writes go to the new active generation
     assert store.write_batch(table, batch([0], 8.0, T0 + timedelta(hours=2))) == 1
@@ -158,7 +158,7 @@ def test_aborted_and_superseded_generations_are_freed_and_refuse_writes(store) -
     assert len({older, newer, newest}) == 3
     for g, x in ((older, 3.0), (newer, 4.0), (newest, 5.0)):
         store.write_batch(table, batch(range(3), x), generation=g)
-    assert store.commit_generation(table, newer)
+    assert store.commit_generation(table, newer) == "committed"
     assert values(store, table, range(3)) == [4.0] * 3
     # `older` began before `newer`: its recompute is stale, so it was freed with the old generation
     with pytest.raises(GenerationNotBuilding, match="superseded"):
@@ -166,10 +166,44 @@ def test_aborted_and_superseded_generations_are_freed_and_refuse_writes(store) -
     with pytest.raises(OnlineStoreError, match="is not being built"):
         store.commit_generation(table, older)
     # `newest` began later and is still being built
-    assert store.commit_generation(table, newest)
+    assert store.commit_generation(table, newest) == "committed"
     assert values(store, table, range(3)) == [5.0] * 3
     if isinstance(store, RedisOnlineStore):
         assert len(stored_names(store, table)) == 4  # three entities and the state
+
+
+def test_served_values_never_go_back_in_time(store) -> None:
+    """Generations carry the instant they are as of: a recompute as of an earlier time than what is
+    served (a late or concurrent `--full --end` in the past) never replaces it."""
+    table = make_table()
+    t1, t2, t3 = (T0 + timedelta(days=d) for d in (1, 2, 3))
+    early, late = store.begin_generation(table, as_of=t1), store.begin_generation(table, as_of=t2)
+    store.write_batch(table, batch(range(3), 1.0), generation=early)
+    store.write_batch(table, batch(range(3), 2.0), generation=late)
+    assert store.commit_generation(table, late) == "committed"
+    # `early` began first and is as of an earlier time: freed by the commit of `late`
+    with pytest.raises(GenerationNotBuilding):
+        store.commit_generation(table, early)
+    # begun after the commit, but as of an earlier time: refused and freed, nothing changes
+    stale = store.begin_generation(table, as_of=t1)
+    store.write_batch(table, batch(range(3), 1.0), generation=stale)
+    assert store.commit_generation(table, stale) == "superseded"
+    assert values(store, table, range(3)) == [2.0] * 3
+    with pytest.raises(GenerationNotBuilding):
+        store.write_batch(table, batch(range(3), 1.0), generation=stale)
+    # an incremental run up to t3 merged into the active generation: it now counts as of t3
+    store.write_batch(table, batch([0], 3.0, T0 + timedelta(hours=1)))
+    assert store.set_marker(table, as_of=t3)
+    between = store.begin_generation(table, as_of=t2 + timedelta(hours=1))
+    store.write_batch(table, batch(range(3), 9.0), generation=between)
+    assert store.commit_generation(table, between) == "superseded"
+    assert values(store, table, range(3)) == [3.0, 2.0, 2.0]
+    # as of the same instant as what is served: a recompute of the same state may replace it
+    same = store.begin_generation(table, as_of=t3)
+    store.write_batch(table, batch(range(2), 4.0), generation=same)
+    assert store.commit_generation(table, same) == "committed"
+    assert values(store, table, range(3)) == [4.0, 4.0, None]
+    assert store.has_marker(table)
 
 
 def test_marker_follows_completed_runs_only(store) -> None:
@@ -187,7 +221,7 @@ def test_marker_follows_completed_runs_only(store) -> None:
     assert not store.has_marker(table)
     assert values(store, table, range(3)) == [1.0] * 3  # clearing the marker keeps the data
     generation = store.begin_generation(table)
-    assert store.commit_generation(table, generation, instance=store.instance_id())
+    assert store.commit_generation(table, generation, instance=store.instance_id()) == "committed"
     assert store.has_marker(table)
     store.drop(table)
     assert not store.has_marker(table)
@@ -201,10 +235,10 @@ def test_redis_refuses_a_marker_for_another_instance(redis_prefix: str) -> None:
         generation = store.begin_generation(table)
         store.write_batch(table, batch(range(3), 2.0), generation=generation)
         assert not store.set_marker(table, instance="0" * 40)
-        assert not store.commit_generation(table, generation, instance="0" * 40)
+        assert store.commit_generation(table, generation, instance="0" * 40) == "restarted"
         assert not store.has_marker(table)
         assert values(store, table, range(3)) == [None] * 3  # nothing switched
-        assert store.commit_generation(table, generation, instance=store.instance_id())
+        assert store.commit_generation(table, generation, instance=store.instance_id()) == "committed"
         assert values(store, table, range(3)) == [2.0] * 3
     finally:
         store.close()
@@ -221,7 +255,7 @@ def test_redis_reads_the_marker_of_older_versions(redis_prefix: str) -> None:
         assert values(store, table, range(2)) == [1.0, 1.0]
         generation = store.begin_generation(table)
         store.write_batch(table, batch([1], 2.0), generation=generation)
-        assert store.commit_generation(table, generation)
+        assert store.commit_generation(table, generation) == "committed"
         assert values(store, table, range(2)) == [None, 2.0]
     finally:
         client.close()
@@ -235,7 +269,7 @@ def test_redis_generation_keys_get_the_ttl(redis_prefix: str) -> None:
         table = make_table(ttl=timedelta(seconds=100))
         generation = store.begin_generation(table)
         store.write_batch(table, batch([1], 1.0), generation=generation)
-        store.commit_generation(table, generation)
+        assert store.commit_generation(table, generation) == "committed"
         [key] = [k for k in client.scan_iter(match=f"{redis_prefix}:spend:{table.version}:*")]
         assert key.decode().endswith(f":%{generation}:1")
         assert 95 <= client.ttl(key) <= 100
@@ -253,7 +287,7 @@ def test_readers_never_see_a_mix_of_generations(stores) -> None:
     ids = list(range(300))
     generation = writer.begin_generation(table)
     writer.write_batch(table, batch(ids, 0.0), generation=generation)
-    writer.commit_generation(table, generation)
+    assert writer.commit_generation(table, generation) == "committed"
     done = threading.Event()
     seen: list[float] = []
     errors: list[BaseException] = []
@@ -276,7 +310,7 @@ def test_readers_never_see_a_mix_of_generations(stores) -> None:
             older = T0 - timedelta(days=round_)
             for part in range(0, len(ids), 50):  # several batches: a half-written generation exists
                 writer.write_batch(table, batch(ids[part : part + 50], float(round_), older), generation=generation)
-            writer.commit_generation(table, generation)
+            assert writer.commit_generation(table, generation) == "committed"
     finally:
         done.set()
         thread.join(timeout=30)
@@ -306,7 +340,7 @@ def test_redis_read_of_one_entity_is_one_round_trip(server: RedisServer) -> None
         # another client switches generations: one more MGET on the next read only
         generation = other.begin_generation(table)
         other.write_batch(table, batch([1], 2.0), generation=generation)
-        other.commit_generation(table, generation)
+        assert other.commit_generation(table, generation) == "committed"
         before = server.command_calls()
         assert values(store, table, [1, 2]) == [2.0, None]
         assert values(store, table, [1, 2]) == [2.0, None]

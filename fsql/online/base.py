@@ -15,19 +15,21 @@ Semantics every store guarantees (DESIGN.md section 4):
   frees the old one: readers never see a half-written generation, and entities the recompute did not
   write are no longer served. ``write_batch`` without a generation (incremental runs) writes
   newer-wins into the active generation *and* every generation being built, so a recompute running
-  beside it does not lose its rows. Committing generation g also frees every generation begun before
-  g that is still being built (a slower or crashed recompute of older data): writing to or committing
-  a freed generation raises ``OnlineStoreError``.
+  beside it does not lose its rows. Every generation is *as of* an instant (the run's end): a commit
+  never replaces a generation as of a later time, and frees the older generations still being built
+  (stale or crashed recomputes), so served values never go back in time. Writing to or committing a
+  freed generation raises ``GenerationNotBuilding``.
 - **Completion marker.** ``has_marker`` is true only after ``set_marker`` or ``commit_generation``
   succeeded since the store last lost its data (writes alone never create it). Both accept the
   ``instance_id()`` read at the start of the run and then act only if the server is still that
   instance, atomically, so a restart that lost the run's rows can never leave a marker behind.
 - **A run's call order** (so that a restart of the store between the last write and the marker is
-  always caught, issue 9.6): ``instance = instance_id()``; for a full recompute ``g =
-  begin_generation(t)``; ``write_batch(t, b, generation=g)`` for every batch; then the marker FIRST,
-  ``commit_generation(t, g, instance=instance)`` or, incremental, ``set_marker(t, instance=instance)``;
-  THEN verify ``instance_id() == instance``. A False from the marker call or a changed instance fails
-  the run (``clear_marker``, watermark kept); any failure of a full recompute ``abort_generation``.
+  always caught, issue 9.6): ``instance = instance_id()``; a full recompute ``g =
+  begin_generation(t, as_of=end)``; ``write_batch(t, b, generation=g)`` (None when incremental) for
+  every batch; then the marker FIRST: ``commit_generation(t, g, instance=instance)``, or
+  ``set_marker(t, instance=instance, as_of=end)``; THEN verify ``instance_id() == instance``. False,
+  ``"restarted"`` or a changed instance fail the run (``clear_marker``, watermark kept); any failure
+  of a full recompute ``abort_generation``s it.
 - **Exact values.** ``read`` returns Python objects of the features' Arrow types: int64 exact, NaN stays
   NaN, '' stays '', NULL is None, timestamps with a time zone come back as tz-aware UTC datetimes
   (naive timestamp types as naive datetimes), date32 as ``date``, decimals as ``Decimal``.
@@ -39,13 +41,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, Protocol
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, Protocol
 
 import pyarrow as pa
 
 from fsql.errors import OnlineStoreError
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 EVENT_TS = "__fsql_event_ts"
 CREATED = "__fsql_created"
 
@@ -72,6 +75,18 @@ class OnlineRow:
 def namespace(prefix: str, table: OnlineTable) -> str:
     """``{prefix}:{view}:{version}:``, the key prefix (Redis) or table name stem (SQLite) of a version."""
     return f"{prefix}:{table.view}:{table.version}:"
+
+
+CommitOutcome = Literal["committed", "restarted", "superseded"]
+
+
+def as_of_micros(as_of: datetime | None) -> int:
+    """µs since the epoch of an as-of instant (naive = UTC); 0 when unknown."""
+    if as_of is None:
+        return 0
+    if as_of.tzinfo is None:
+        as_of = as_of.replace(tzinfo=UTC)
+    return (as_of - _EPOCH) // timedelta(microseconds=1)
 
 
 class GenerationNotBuilding(OnlineStoreError):
@@ -127,12 +142,16 @@ class OnlineStore(Protocol):
         """Whether a run completed (``set_marker`` / ``commit_generation``) since the store lost data."""
         ...
 
-    def set_marker(self, table: OnlineTable, *, instance: str | None = None) -> bool:
+    def set_marker(
+        self, table: OnlineTable, *, instance: str | None = None, as_of: datetime | None = None
+    ) -> bool:
         """Record that a run completed into the active generation; return whether it was recorded.
 
         With ``instance`` (the run's first ``instance_id()``), the marker is set only if the store is
         still that instance, checked atomically with the write: False means the store restarted during
         the run and may have lost its rows, so the run must fail and keep its old watermark.
+        ``as_of`` (the run's end) raises the active generation's as-of instant to at least that: the
+        incremental run merged every row eligible up to it.
         """
         ...
 
@@ -140,16 +159,26 @@ class OnlineStore(Protocol):
         """Forget the marker, so the next run recomputes everything."""
         ...
 
-    def begin_generation(self, table: OnlineTable) -> str:
-        """Start a new, empty generation of this version; readers keep seeing the active one."""
+    def begin_generation(self, table: OnlineTable, *, as_of: datetime | None = None) -> str:
+        """Start a new, empty generation of this version; readers keep seeing the active one.
+
+        ``as_of`` is the instant the recompute computes the latest rows as of (its ``end``): a
+        generation never replaces one as of a later time, so concurrent or late full runs cannot make
+        served values go back in time.
+        """
         ...
 
-    def commit_generation(self, table: OnlineTable, generation: str, *, instance: str | None = None) -> bool:
-        """Atomically make ``generation`` the active one and set the marker; free the old generation.
+    def commit_generation(
+        self, table: OnlineTable, generation: str, *, instance: str | None = None
+    ) -> CommitOutcome:
+        """Atomically make ``generation`` the active one and set the marker; free the old generation
+        and every generation being built that is older (as of an earlier time, or as of the same time
+        and begun earlier: a stale or crashed recompute).
 
-        With ``instance``, only if the store is still that instance (False otherwise: nothing changed,
-        abort the generation). Raises ``OnlineStoreError`` if the generation is not being built
-        (aborted, superseded by a newer commit, or lost).
+        ``"committed"``: done. ``"restarted"``: the store is not ``instance`` any more; nothing changed,
+        the run fails (abort the generation). ``"superseded"``: the active generation is as of a later
+        time; this one was freed and nothing changed. Raises ``GenerationNotBuilding`` if the
+        generation is not being built (aborted, freed by a newer commit, or lost).
         """
         ...
 

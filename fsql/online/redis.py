@@ -4,8 +4,8 @@ Key layout of one view version, ``ns = {prefix}:{view}:{version}:``:
 
 - ``{prefix}:{view}:{version}`` (``ns`` without its colon, so never an entity key): the **state**, a
   short string ``"<done> <next> <active> [<building> ...]"`` (see ``redis_scripts``): the completion
-  marker, the active generation and the generations being built. Older versions stored ``"1"`` here,
-  which still reads as "marker set, base generation".
+  marker, the active generation and the generations being built, each with the instant it is as of.
+  Older versions stored ``"1"`` here, which still reads as "marker set, base generation".
 - one Redis string per entity and generation: ``{ns}{key_text}`` in the base generation (e.g.
   ``fsql:customer_spend:3f2a9c1b0d4e:42``) and ``{ns}%{generation}:{key_text}`` in generation ``g7``.
   A key text starts with ``%`` only as ``%25`` or ``%3A`` (``encoding.key_text``), so ``%g`` never
@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
@@ -43,7 +44,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from fsql.errors import OnlineStoreError, redact_url
 from fsql.online import redis_scripts as scripts
-from fsql.online.base import OnlineRow, OnlineTable, namespace, not_building
+from fsql.online.base import CommitOutcome, OnlineRow, OnlineTable, as_of_micros, namespace, not_building
 from fsql.online.encoding import CodecCache, encode_headers, encode_keys, encode_times, key_text
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
@@ -60,7 +61,7 @@ def _parse_state(raw: bytes | None) -> tuple[bool, str, tuple[str, ...]]:
     done = bool(words) and words[0] == "1"
     if len(words) < 3:
         return done, _BASE, ()
-    return done, words[2], tuple(words[3:])
+    return done, words[2].partition("@")[0], tuple(w.partition("@")[0] for w in words[3:])
 
 
 def _segment(generation: str) -> str:
@@ -281,9 +282,12 @@ class RedisOnlineStore:
         except RedisError as exc:
             raise self._fail("checking the marker", exc) from exc
 
-    def set_marker(self, table: OnlineTable, *, instance: str | None = None) -> bool:
+    def set_marker(
+        self, table: OnlineTable, *, instance: str | None = None, as_of: datetime | None = None
+    ) -> bool:
+        key = self._state_key_for_update(table)
         try:
-            return bool(self._set_marker(keys=[self._state_key_for_update(table)], args=[instance or ""]))
+            return bool(self._set_marker(keys=[key], args=[instance or "", as_of_micros(as_of)]))
         except RedisError as exc:
             raise self._fail("setting the marker", exc) from exc
 
@@ -293,25 +297,28 @@ class RedisOnlineStore:
         except RedisError as exc:
             raise self._fail("clearing the marker", exc) from exc
 
-    def begin_generation(self, table: OnlineTable) -> str:
+    def begin_generation(self, table: OnlineTable, *, as_of: datetime | None = None) -> str:
         try:
-            return self._begin(keys=[self._state_key_for_update(table)]).decode()
+            return self._begin(keys=[self._state_key_for_update(table)], args=[as_of_micros(as_of)]).decode()
         except RedisError as exc:
             raise self._fail(f"starting a generation of {table.view} (version {table.version})", exc) from exc
 
-    def commit_generation(self, table: OnlineTable, generation: str, *, instance: str | None = None) -> bool:
+    def commit_generation(
+        self, table: OnlineTable, generation: str, *, instance: str | None = None
+    ) -> CommitOutcome:
         action = f"switching {table.view} (version {table.version}) to generation {generation}"
+        key = self._state_key_for_update(table)
         try:
-            result = self._commit(keys=[self._state_key_for_update(table)], args=[generation, instance or ""])
+            result = self._commit(keys=[key], args=[generation, instance or ""])
         except RedisError as exc:
             raise self._fail(action, exc) from exc
         if result[0] == 0:
-            return False
+            return "restarted"
         if result[0] < 0:
             raise not_building(table, generation)
         for old in result[1:]:
             self._free(table, old.decode(), action)
-        return True
+        return "superseded" if result[0] == 2 else "committed"
 
     def abort_generation(self, table: OnlineTable, generation: str) -> None:
         action = f"aborting generation {generation} of {table.view} (version {table.version})"

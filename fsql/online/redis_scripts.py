@@ -11,28 +11,45 @@ from __future__ import annotations
 from fsql.online.encoding import HEADER_SIZE
 from fsql.online.order import LUA_COMPARE
 
-# The state string: "<done> <next> <active> [<building> ...]"; done is 1 once a run completed since
-# the data was (re)created, next numbers the next generation, active is "-" for the base generation.
-# A bare "1" is the marker of older versions: done, base generation active.
+# The state string: "<done> <next> <active> [<building> ...]". done is 1 once a run completed since
+# the data was (re)created; next numbers the next generation; each generation is "<name>@<as_of>",
+# as_of being the µs instant its rows are the latest as of (0 = unknown), and the active one is
+# named "-" for the base generation. A bare "1" is the marker of older versions: done, base active.
 _STATE = r"""
+local function parse_gen(token)
+  local name, as_of = string.match(token, '^([^@]+)@?(%-?%d*)$')
+  name = name or token
+  return {name = name, as_of = tonumber(as_of) or 0, number = tonumber(string.sub(name, 2)) or 0}
+end
+
+local function gen_token(g)
+  return g.name .. '@' .. string.format('%d', g.as_of)
+end
+
 local function load_state(raw)
-  local st = {done = '0', next = 1, active = '-', building = {}}
+  local st = {done = '0', next = 1, active = parse_gen('-'), building = {}}
   if not raw then return st end
   local words = {}
   for w in string.gmatch(raw, '%S+') do words[#words + 1] = w end
   if words[1] == '1' then st.done = '1' end
   if #words >= 3 then
     st.next = tonumber(words[2]) or 1
-    st.active = words[3]
-    for i = 4, #words do st.building[#st.building + 1] = words[i] end
+    st.active = parse_gen(words[3])
+    for i = 4, #words do st.building[#st.building + 1] = parse_gen(words[i]) end
   end
   return st
 end
 
 local function save_state(key, st)
-  local parts = {st.done, string.format('%d', st.next), st.active}
-  for _, g in ipairs(st.building) do parts[#parts + 1] = g end
+  local parts = {st.done, string.format('%d', st.next), gen_token(st.active)}
+  for _, g in ipairs(st.building) do parts[#parts + 1] = gen_token(g) end
   redis.call('SET', key, table.concat(parts, ' '))
+end
+
+-- Whether generation a is older than b: as of an earlier time, or as of the same time and begun first.
+local function older(a, b)
+  if a.as_of ~= b.as_of then return a.as_of < b.as_of end
+  return a.number < b.number
 end
 
 -- The same check as RedisOnlineStore.instance_id, inside the script so that it is atomic with the
@@ -102,13 +119,17 @@ return written
 """
 )
 
-# ARGV[1]: instance ('' = no check). 1 = marker set, 0 = the server is another instance.
+# ARGV[1]: instance ('' = no check), ARGV[2]: the run's as-of (µs). 1 = marker set (and the active
+# generation now counts as of at least ARGV[2]: an incremental run merged that much into it),
+# 0 = the server is another instance.
 SET_MARKER = (
     _STATE
     + """
 if not same_instance(ARGV[1]) then return 0 end
 local st = load_state(redis.call('GET', KEYS[1]))
 st.done = '1'
+local as_of = tonumber(ARGV[2]) or 0
+if as_of > st.active.as_of then st.active.as_of = as_of end
 save_state(KEYS[1], st)
 return 1
 """
@@ -126,39 +147,50 @@ return 1
 """
 )
 
-# Returns the new generation's name.
+# ARGV[1]: as-of (µs). Returns the new generation's name.
 BEGIN = (
     _STATE
     + """
 local st = load_state(redis.call('GET', KEYS[1]))
-local gen = 'g' .. string.format('%d', st.next)
+local gen = parse_gen('g' .. string.format('%d', st.next) .. '@' .. ARGV[1])
 st.next = st.next + 1
 st.building[#st.building + 1] = gen
 save_state(KEYS[1], st)
-return gen
+return gen.name
 """
 )
 
-# ARGV[1]: generation, ARGV[2]: instance. Returns {0} (other instance), {-1} (not being built) or
-# {1, generations to free...}: the old active one and those begun before ARGV[1] (superseded).
+# ARGV[1]: generation, ARGV[2]: instance. Returns {0} (another instance: nothing changed), {-1} (not
+# being built), {2, ARGV[1]} (superseded: the active generation is as of a later time; the caller
+# frees ARGV[1]) or {1, generations to free...}: the old active one and those older than ARGV[1].
 COMMIT = (
     _STATE
     + """
 if not same_instance(ARGV[2]) then return {0} end
 local st = load_state(redis.call('GET', KEYS[1]))
-local gen = ARGV[1]
-local number = tonumber(string.sub(gen, 2)) or 0
-local found, keep, free = false, {}, {st.active}
+local gen = nil
+for _, g in ipairs(st.building) do
+  if g.name == ARGV[1] then gen = g end
+end
+if not gen then return {-1} end
+local keep, free = {}, {}
+if st.active.as_of > gen.as_of then
+  for _, g in ipairs(st.building) do
+    if g ~= gen then keep[#keep + 1] = g end
+  end
+  st.building = keep
+  save_state(KEYS[1], st)
+  return {2, gen.name}
+end
+free[1] = st.active.name
 for _, g in ipairs(st.building) do
   if g == gen then
-    found = true
-  elseif (tonumber(string.sub(g, 2)) or 0) < number then
-    free[#free + 1] = g
+  elseif older(g, gen) then
+    free[#free + 1] = g.name
   else
     keep[#keep + 1] = g
   end
 end
-if not found then return {-1} end
 st.active, st.building, st.done = gen, keep, '1'
 save_state(KEYS[1], st)
 return {1, unpack(free)}
@@ -174,7 +206,7 @@ if not raw then return 0 end
 local st = load_state(raw)
 local keep, found = {}, 0
 for _, g in ipairs(st.building) do
-  if g == ARGV[1] then found = 1 else keep[#keep + 1] = g end
+  if g.name == ARGV[1] then found = 1 else keep[#keep + 1] = g end
 end
 if found == 1 then
   st.building = keep

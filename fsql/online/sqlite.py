@@ -5,10 +5,12 @@ Tables of one view version, ``base = {prefix}:{view}:{version}`` (quoted):
 - ``{base}``: the active generation, the one readers see;
 - ``{base}%g<id>``: generations being built (``begin_generation``); ``commit_generation`` drops the
   active table and renames the new one in its place, in one transaction, so readers see the old or
-  the new generation and nothing in between; ids are the begin time in µs (hex) and a random suffix;
-- ``{base}%done``: the completion marker, an empty table created only by ``set_marker`` and
+  the new generation and nothing in between; an id is the as-of instant, the begin time and a random
+  suffix, in hex, so ids sort from older to newer;
+- ``{base}%done@<as-of>``: the completion marker, an empty table created only by ``set_marker`` and
   ``commit_generation`` (a write creates the data table, never the marker, so a store that lost its
-  file and then crashed mid-run is not mistaken for a complete one).
+  file and then crashed mid-run is not mistaken for a complete one); its name carries the active
+  generation's as-of instant.
 
 Every data table::
 
@@ -35,6 +37,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from datetime import datetime
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -42,7 +45,7 @@ from typing import Any
 import pyarrow as pa
 
 from fsql.errors import OnlineStoreError
-from fsql.online.base import OnlineRow, OnlineTable, namespace, not_building
+from fsql.online.base import CommitOutcome, OnlineRow, OnlineTable, as_of_micros, namespace, not_building
 from fsql.online.encoding import CodecCache, encode_keys, encode_times, key_text, micros_to_datetime
 from fsql.online.order import payload_ranks_higher
 
@@ -68,7 +71,12 @@ WHERE excluded.event_ts > {t}.event_ts
        OR (excluded.created IS {t}.created AND fsql_ranks_higher(excluded.payload, {t}.payload))))
 """
 
-_GENERATION = re.compile(r"g[0-9a-f]{20}")
+_GENERATION = re.compile(r"g[0-9a-f]{36}")
+
+
+def _as_of_hex(as_of: datetime | None) -> str:
+    """An as-of instant as 16 hex digits that sort like the instants (0 = unknown sorts first)."""
+    return f"{as_of_micros(as_of) + (1 << 63):016x}"
 
 
 def _quote(name: str) -> str:
@@ -292,41 +300,64 @@ class SqliteOnlineStore:
                 con.execute("ROLLBACK")
                 raise
 
+    def _marker_tables(self, con: sqlite3.Connection, table: OnlineTable) -> list[str]:
+        return self._tables(con, table, "%done")
+
+    def _active_as_of(self, con: sqlite3.Connection, table: OnlineTable) -> str:
+        """The active generation's as-of, as the 16 hex digits of ``_as_of_hex`` (0 when unknown)."""
+        found = [name.partition("%done@")[2] for name in self._marker_tables(con, table)]
+        return max(found, default="") or _as_of_hex(None)
+
+    def _mark(self, con: sqlite3.Connection, table: OnlineTable, as_of: str) -> None:
+        for name in self._marker_tables(con, table):
+            con.execute(f"DROP TABLE {_quote(name)}")
+        con.execute(_CREATE.format(t=_quote(f"{self._base(table)}%done@{as_of}")))
+
     def has_marker(self, table: OnlineTable) -> bool:
         """Whether a run completed into this version since the file was (re)created."""
         with self._lock, self._errors("checking the marker"):
-            return self._exists(self._con, self._base(table) + "%done")
+            return bool(self._marker_tables(self._con, table))
 
-    def set_marker(self, table: OnlineTable, *, instance: str | None = None) -> bool:
-        with self._lock, self._errors("setting the marker"):
-            self._con.execute(_CREATE.format(t=_quote(self._base(table) + "%done")))
+    def set_marker(
+        self, table: OnlineTable, *, instance: str | None = None, as_of: datetime | None = None
+    ) -> bool:
+        with self._transaction("setting the marker") as con:
+            self._mark(con, table, max(self._active_as_of(con, table), _as_of_hex(as_of)))
         return True
 
     def clear_marker(self, table: OnlineTable) -> None:
-        with self._lock, self._errors("clearing the marker"):
-            self._con.execute(f"DROP TABLE IF EXISTS {_quote(self._base(table) + '%done')}")
+        with self._transaction("clearing the marker") as con:
+            for name in self._marker_tables(con, table):
+                con.execute(f"DROP TABLE {_quote(name)}")
 
-    def begin_generation(self, table: OnlineTable) -> str:
-        # Ids sort in begin order (commit frees the generations begun before it) and never repeat, so
-        # a slow writer of a freed generation cannot write into a newer one.
-        generation = f"g{time.time_ns() // 1000:016x}{secrets.randbits(16):04x}"
+    def begin_generation(self, table: OnlineTable, *, as_of: datetime | None = None) -> str:
+        # Names sort by (as-of, begin time) and never repeat, so "older" is a string comparison and a
+        # slow writer of a freed generation cannot write into a newer one.
+        generation = f"g{_as_of_hex(as_of)}{time.time_ns() // 1000:016x}{secrets.randbits(16):04x}"
         with self._lock, self._errors(f"starting a generation of {table.view} (version {table.version})"):
             self._con.execute(_CREATE.format(t=_quote(self._base(table) + "%" + generation)))
         return generation
 
-    def commit_generation(self, table: OnlineTable, generation: str, *, instance: str | None = None) -> bool:
+    def commit_generation(
+        self, table: OnlineTable, generation: str, *, instance: str | None = None
+    ) -> CommitOutcome:
         base = self._base(table)
+        name = base + "%" + generation
         action = f"switching {table.view} (version {table.version}) to generation {generation}"
         with self._transaction(action) as con:
             if not self._generation_exists(con, table, generation):
                 raise not_building(table, generation)
+            as_of = generation[1:17]
+            if self._active_as_of(con, table) > as_of:
+                con.execute(f"DROP TABLE {_quote(name)}")
+                return "superseded"
             con.execute(f"DROP TABLE IF EXISTS {_quote(base)}")
-            con.execute(f"ALTER TABLE {_quote(base + '%' + generation)} RENAME TO {_quote(base)}")
-            for name in self._building(con, table):
-                if name < base + "%" + generation:  # begun earlier: superseded
-                    con.execute(f"DROP TABLE {_quote(name)}")
-            con.execute(_CREATE.format(t=_quote(base + "%done")))
-        return True
+            con.execute(f"ALTER TABLE {_quote(name)} RENAME TO {_quote(base)}")
+            for other in self._building(con, table):
+                if other < name:  # older: as of an earlier time, or begun earlier
+                    con.execute(f"DROP TABLE {_quote(other)}")
+            self._mark(con, table, as_of)
+        return "committed"
 
     def abort_generation(self, table: OnlineTable, generation: str) -> None:
         if not _GENERATION.fullmatch(generation):
