@@ -185,28 +185,21 @@ class SqliteOnlineStore:
         # Key order makes the B-tree inserts sequential: ~3x faster than arrival order on large batches.
         # The sort is stable, so rows of one key (should a batch repeat one) keep their order.
         rows.sort(key=itemgetter(0))
-        with self._lock, self._errors(f"writing {table.view} (version {table.version})"):
-            con = self._con
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                if generation is None:
-                    # Every time, not cached: another process may have dropped the table since.
-                    con.execute(_CREATE.format(t=self._table(table)))
-                    targets = [self._base(table), *self._building(con, table)]
-                elif self._generation_exists(con, table, generation):
-                    targets = [self._base(table) + "%" + generation]
-                else:
-                    raise not_building(table, generation)
-                written = 0
-                for i, name in enumerate(targets):
-                    before = con.total_changes
-                    con.executemany(_UPSERT.format(t=_quote(name)), rows)
-                    if i == 0:
-                        written = con.total_changes - before
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+        with self._transaction(f"writing {table.view} (version {table.version})") as con:
+            if generation is None:
+                # Every time, not cached: another process may have dropped the table since.
+                con.execute(_CREATE.format(t=self._table(table)))
+                targets = [self._base(table), *self._building(con, table)]
+            elif self._generation_exists(con, table, generation):
+                targets = [self._base(table) + "%" + generation]
+            else:
+                raise not_building(table, generation)
+            written = 0
+            for i, name in enumerate(targets):
+                before = con.total_changes
+                con.executemany(_UPSERT.format(t=_quote(name)), rows)
+                if i == 0:
+                    written = con.total_changes - before
         return written
 
     def read(
