@@ -12,6 +12,8 @@ measures, on loopback only:
 - read latency p50/p99 for 1 and 100 entities: ``store.read`` (one MGET, decoded to typed Python values)
   vs raw ``HMGET`` (100 entities: one pipeline of 100 HMGETs; raw bytes, not decoded); target p99 <= 1.5x.
 - bytes per entity (``MEMORY USAGE`` over a sample of keys, same key length) for fsql vs the raw hash.
+- a full recompute into a fresh generation: write rows/s, the commit (switch + freeing the old
+  generation), read latency and bytes per entity on the generation's (longer) keys.
 - SQLite: the same write/read figures, next to a plain ``INSERT OR REPLACE`` into a typed table.
 
 Everything it creates lives under its own random key prefix / temporary directory, deleted at the end.
@@ -177,6 +179,25 @@ def bench_redis(url: str, rows: pa.Table, batches: list[pa.RecordBatch], report:
         report.append(("Redis bytes/entity (MEMORY USAGE)", fsql_b, raw_b, fsql_b / raw_b, "lower"))
         value_b = statistics.fmean(client.strlen(k) for k in fsql_keys[:500])
         report.append(("  fsql value bytes (header+msgpack)", value_b, None, None, ""))
+
+        # A full recompute: every row into a fresh generation, then the switch (which frees the old
+        # generation's keys), then reads of the new generation's keys, which are longer by "%g1:".
+        generation = store.begin_generation(table)
+        swap_s = timed(lambda: [store.write_batch(table, b, generation=generation) for b in batches])
+        commit_s = timed(lambda: store.commit_generation(table, generation))
+        report.append(("Redis full swap: write rows/s", n / swap_s, raw_w, n / swap_s / raw_w, ""))
+        report.append(("Redis full swap: commit + free ms", commit_s * 1e3, None, None, ""))
+        store.read([(table, [(ids[0],)])])  # the first read after the switch learns the generation
+        swap_lat = []
+        for _ in range(3000):
+            key = [(rng.choice(ids),)]
+            start = time.perf_counter()
+            store.read([(table, key)])
+            swap_lat.append(time.perf_counter() - start)
+        for q, name in ((0.5, "p50"), (0.99, "p99")):
+            report.append((f"Redis read 1 entity {name} µs, generation", pct(swap_lat, q) * 1e6, None, None, ""))
+        gen_keys = [f"{prefix}:orders:{table.version}:%{generation}:{cid}" for cid in sample_ids]
+        report.append(("Redis bytes/entity, generation keys", memory_per_key(client, gen_keys), raw_b, None, ""))
 
         # Keys per EVALSHA: one call per key vs chunks (the default is the chunked path).
         sweep = []

@@ -76,8 +76,20 @@ def make_batch(table: OnlineTable, rows: list[dict[str, Any]]) -> pa.RecordBatch
     return pa.record_batch(columns)
 
 
-def rank(ev: datetime, cr: datetime | None) -> tuple:
-    return (ev, (0,) if cr is None else (1, cr))
+def value_rank(value: Any) -> tuple:
+    """Offline rule 4 for one value: NULL lowest, NaN above +Infinity, strings by UTF-8 bytes."""
+    if value is None:
+        return (0,)
+    if isinstance(value, float):
+        return (1, 1) if math.isnan(value) else (1, 0, value)
+    if isinstance(value, str):
+        return (1, value.encode())
+    return (1, value)
+
+
+def rank(ev: datetime, cr: datetime | None, values: tuple = ()) -> tuple:
+    """The whole tie order: event_ts, created (NULL lowest), then each value in feature order."""
+    return (ev, (0,) if cr is None else (1, cr), *map(value_rank, values))
 
 
 def same(a: Any, b: Any) -> bool:
@@ -132,21 +144,52 @@ def store(store_factory):
 ids = st.sampled_from([I64_MIN, -1, 0, 1, I64_MAX])
 names = st.sampled_from(["", "a", "a:b", "%3A", "ü"])
 # Few distinct instants so ties on event_ts and created are frequent.
-instants = st.integers(0, 3).map(lambda s: T0 + timedelta(microseconds=s))
-# Cheap strategies (sampled edge cases) keep each example fast; full-range types are tested below.
-values_st = st.tuples(
-    st.one_of(st.sampled_from([None, I64_MIN, I64_MAX, 0, -1]), st.integers(I64_MIN, I64_MAX)),
-    st.sampled_from([None, math.nan, 0.0, -0.0, math.inf, -1.5, 1e308]),
-    st.sampled_from([None, "", "x", "ü:%"]),
+instants = st.integers(0, 2).map(lambda s: T0 + timedelta(microseconds=s))
+# Few distinct values per feature so that whole rows tie on (event_ts, created) and on leading values,
+# and the later features decide: NaN, NULL, -0.0 against 0.0, int64 limits, strings that differ only
+# after an embedded NUL or in a non-ASCII byte.
+feature_values = (
+    st.sampled_from([None, I64_MIN, I64_MIN + 1, -1, 0, I64_MAX - 1, I64_MAX]),
+    st.sampled_from([None, math.nan, -math.inf, -1.5, -0.0, 0.0, math.inf, 1e308]),
+    st.sampled_from([None, "", "\x00", "a", "a\x00", "a\x00b", "z", "é", "ü:%", "\U0001f600"]),
     st.sampled_from([None, True, False]),
     st.sampled_from([None, date(1970, 1, 1), date(1969, 12, 31), date(2100, 1, 1)]),
     st.sampled_from([None, datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), T0]),
 )
-row_st = st.fixed_dictionaries(
-    {"id": ids, "name": names, "ev": instants, "cr": st.one_of(st.none(), instants), "values": values_st}
-)
-batch_st = st.lists(row_st, min_size=1, max_size=8, unique_by=lambda r: (r["id"], r["name"]))
-history_st = st.lists(batch_st, min_size=1, max_size=5)
+values_st = st.tuples(*feature_values)
+
+
+@st.composite
+def history_st(draw: st.DrawFn) -> list[list[dict]]:
+    """Batches of rows whose values mostly repeat one base row, so that the tie order goes deep."""
+    base = draw(values_st)
+    keys = draw(st.lists(st.tuples(ids, names), min_size=1, max_size=4, unique=True))
+
+    def values() -> tuple:
+        return tuple(
+            draw(strategy) if draw(st.integers(0, 2)) == 0 else value
+            for strategy, value in zip(feature_values, base, strict=True)
+        )
+
+    def row() -> dict:
+        key = draw(st.sampled_from(keys))
+        return {
+            "id": key[0],
+            "name": key[1],
+            "ev": draw(instants),
+            "cr": draw(st.one_of(st.none(), instants)),
+            "values": values(),
+        }
+
+    batches = []
+    for _ in range(draw(st.integers(1, 5))):
+        rows = {}
+        for _ in range(draw(st.integers(1, 8))):
+            r = row()
+            rows.setdefault((r["id"], r["name"]), r)
+        batches.append(list(rows.values()))
+    return batches
+
 
 ALL_KEYS = [(i, n) for i in [I64_MIN, -1, 0, 1, I64_MAX] for n in ["", "a", "a:b", "%3A", "ü"]]
 
@@ -160,7 +203,7 @@ def reference(batches: list[list[dict]]) -> tuple[dict[tuple, tuple], list[int]]
         for r in batch:
             key = (r["id"], r["name"])
             old = state.get(key)
-            if old is None or rank(r["ev"], r["cr"]) > rank(old[0], old[1]):
+            if old is None or rank(r["ev"], r["cr"], r["values"]) > rank(*old):
                 state[key] = (r["ev"], r["cr"], r["values"])
                 n += 1
         counts.append(n)
@@ -172,7 +215,7 @@ def reference(batches: list[list[dict]]) -> tuple[dict[tuple, tuple], list[int]]
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(history=history_st)
+@given(history=history_st())
 def test_newer_wins_matches_reference(store, history: list[list[dict]]) -> None:
     # Two tables: the same batches in order and reversed. Fresh versions per example keep examples apart.
     forward, backward = make_table(), make_table()

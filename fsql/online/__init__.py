@@ -1,4 +1,5 @@
-"""Online stores: Redis and SQLite behind one protocol (``OnlineStore``: write_batch, read, drop, close).
+"""Online stores: Redis and SQLite behind one protocol (``OnlineStore`` in ``base``: write_batch, read,
+markers, generations for full recomputes, drop, close).
 
 from fsql.online import open_online_store, OnlineTable
 store = open_online_store("redis", url="redis://127.0.0.1:6379/0", prefix="fsql")
@@ -8,9 +9,9 @@ store = open_online_store("sqlite", path=".fsql/online.db")
 from __future__ import annotations
 
 from fsql.errors import OnlineStoreError, did_you_mean
-from fsql.online.base import CREATED, EVENT_TS, OnlineRow, OnlineStore, OnlineTable
+from fsql.online.base import CREATED, EVENT_TS, GenerationNotBuilding, OnlineRow, OnlineStore, OnlineTable
 
-__all__ = ["CREATED", "EVENT_TS", "OnlineRow", "OnlineStore", "OnlineTable", "open_online_store"]
+__all__ = ["CREATED", "EVENT_TS", "GenerationNotBuilding", "OnlineRow", "OnlineStore", "OnlineTable", "open_online_store"]
 
 KINDS = ("redis", "sqlite")
 

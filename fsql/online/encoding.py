@@ -13,8 +13,13 @@ A stored row is two parts:
 - a **payload**: msgpack of the feature values as one array in ``OnlineTable.features`` order. Feature
   names are never repeated per entity: the schema lives in ``OnlineTable``. Values are msgpack-native
   where that is exact (int, float incl. NaN, str, bool, bytes, nil for NULL); temporal types are stored
-  as integers in their Arrow unit (date32: days, timestamp[us]: microseconds ...) and decimals as their
-  exact decimal string, and decoded back to Python objects from ``OnlineTable.feature_types``.
+  as integers in their Arrow unit (date32: days, timestamp[us]: microseconds ...) and decimals as a
+  msgpack ext (code ``DECIMAL_EXT``) holding ``order.ordered_int`` of the unscaled integer, so the
+  stores can rank rows on them (``order``) without knowing the schema; decoded back to Python objects
+  from ``OnlineTable.feature_types`` (a decimal stored as its string by older versions still reads).
+
+On an ``(event_ts, created)`` tie, the stores rank rows on the payload values (``order``): the whole
+PIT tie order, with no byte stored twice.
 
 Entity keys are encoded to one canonical text per key tuple (``key_text``): ints in decimal, bools
 ``true``/``false``, strings with ``%`` and ``:`` percent-escaped, parts joined by ``:``. The batch path
@@ -38,8 +43,10 @@ import pyarrow.compute as pc
 
 from fsql.errors import OnlineStoreError
 from fsql.online.base import CREATED, EVENT_TS, OnlineRow, OnlineTable
+from fsql.online.order import ordered_int, ordered_int_value
 
 HEADER_SIZE = 17
+DECIMAL_EXT = 1
 _HEADER = struct.Struct(">QBQ")
 _SIGN = 1 << 63
 _TS_US = pa.timestamp("us", tz="UTC")
@@ -219,7 +226,7 @@ def _encoder(t: pa.DataType) -> Callable[[pa.Array], list[Any]] | None:
     if pa.types.is_date32(t) or pa.types.is_time32(t):
         return lambda c: _as_ints(c, pa.int32())
     if pa.types.is_decimal(t):
-        return lambda c: [None if v is None else str(v) for v in c.to_pylist()]
+        return lambda c: [None if v is None else _decimal_ext(v, t.scale) for v in c.to_pylist()]
     if pa.types.is_dictionary(t):
         inner = _encoder(t.value_type)
         return None if inner is None else lambda c: inner(c.dictionary_decode())
@@ -254,10 +261,25 @@ def _decoder(t: pa.DataType) -> Callable[[Any], Any] | None:
         per_us = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": None}[t.unit]
         return lambda v: timedelta(microseconds=v // 1000 if per_us is None else v * per_us)
     if pa.types.is_decimal(t):
-        return Decimal
+        scale = t.scale
+        return lambda v: Decimal(v) if isinstance(v, str) else _decimal_value(v, scale)
     if pa.types.is_dictionary(t):
         return _decoder(t.value_type)
     return None
+
+
+def _decimal_ext(value: Decimal, scale: int) -> msgpack.ExtType:
+    sign, digits, exponent = value.as_tuple()
+    # Arrow gives every value of a decimal(p, s) column the exponent -s; the int arithmetic is exact
+    # where Decimal.scaleb would round to the context's 28 digits.
+    unscaled = int("".join(map(str, digits))) * 10 ** (exponent + scale)  # type: ignore[operator]
+    return msgpack.ExtType(DECIMAL_EXT, ordered_int(-unscaled if sign else unscaled))
+
+
+def _decimal_value(ext: msgpack.ExtType, scale: int) -> Decimal:
+    unscaled = ordered_int_value(ext.data)
+    digits = tuple(int(d) for d in str(abs(unscaled)))
+    return Decimal((1 if unscaled < 0 else 0, digits, -scale))
 
 
 class RowCodec:
