@@ -855,6 +855,7 @@ class Registry:
         outcome: Literal["success", "failed"],
         error: str | None = None,
         watermark: datetime | None = None,
+        replace_watermark: bool = False,
     ) -> RunRecord:
         """Close a run. On success, advance the version's watermark to ``watermark`` if it is later.
 
@@ -890,11 +891,11 @@ class Registry:
                     .values(last_success_at=now)
                 )
                 if watermark is not None:
-                    conn.execute(
-                        ms.update()
-                        .where(*where, sa.or_(ms.c.watermark.is_(None), ms.c.watermark < watermark))
-                        .values(watermark=watermark)
-                    )
+                    # Only forward, so concurrent runs finishing in any order never move it back; a
+                    # full recompute (replace_watermark) describes exactly its end and sets it.
+                    moves = sa.true() if replace_watermark else sa.or_(ms.c.watermark.is_(None),
+                                                                       ms.c.watermark < watermark)
+                    conn.execute(ms.update().where(*where, moves).values(watermark=watermark))
             final = conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().one()
             return _run_record(final)
 

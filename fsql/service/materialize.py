@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -28,13 +29,16 @@ from fsql.errors import (
     MaterializationError,
     NotFoundError,
     OnlineStoreError,
+    RequestError,
     did_you_mean,
 )
-from fsql.online import CREATED, EVENT_TS, OnlineTable
+from fsql.online import CREATED, EVENT_TS, GenerationNotBuilding, OnlineStore, OnlineTable
 from fsql.online.base import online_table_of
 from fsql.service.context import Context, online_reopenable, open_online
 
 RowProgress = Callable[[str, int], None]
+# How far a run's end may lie ahead of this machine's clock (another machine's clock may run ahead).
+CLOCK_SKEW = timedelta(minutes=5)
 
 
 @dataclass
@@ -73,7 +77,12 @@ def materialize(
     for name in selected:
         if name not in views:
             raise NotFoundError(f"no feature view named '{name}'", hint=did_you_mean(name, views) or "run `fsql ls`")
-    run_end = as_utc(end) if end else datetime.now(UTC)
+    now = datetime.now(UTC)
+    run_end = as_utc(end) if end else now
+    if run_end > now + CLOCK_SKEW:
+        # A watermark in the future would skip every row that arrives until then.
+        raise RequestError(f"--end {run_end.isoformat()} is in the future",
+                           hint="materialize up to now (the default) or a past time")
     run_start = as_utc(start) if start else None
     return [_materialize_view(ctx, views[name], full=full, start=run_start, end=run_end, progress=progress,
                               batch_size=batch_size)
@@ -105,32 +114,58 @@ def _materialize_view(ctx: Context, view: FeatureView, *, full: bool, start: dat
         raise MaterializationError(f"refreshing the history of '{view.name}' failed: {e}", cause=e) from e
     rows = 0
     schema = _online_schema(view, table)
+    # A recompute (--full, or a store that lost this version's data) writes a fresh generation that
+    # readers switch to atomically: entities whose rows vanished stop being served, and a correction
+    # that ranks lower than the value it replaces still replaces it.
+    recompute = start is None and window_start is None
+    generation: str | None = None
+    outcome = "success"
     try:
         # Redis without persistence loses every key when it restarts, and the client reconnects
         # transparently: a run that spans a restart must fail, not advance the watermark.
         instance = store.instance_id()
+        if recompute:
+            generation = store.begin_generation(table, as_of=end)
         sql, params = _latest_sql(ctx, view, window_start, end)
         if getattr(engine, "writes_from_workers", False) and online_reopenable(ctx.config):
             # A distributed engine upserts each partition from its executors: the driver never
             # holds the rows, only the count each partition wrote.
             rows = engine.write_partitions(sql, params, _PartitionWriter(ctx.config, view, table, schema,
-                                                                         batch_size))
+                                                                         batch_size, generation))
             if progress:
                 progress(view.name, rows)
         else:
             for batch in engine.batches(sql, params, batch_size=batch_size):
                 batch = _online_batch(batch, view, schema)
-                store.write_batch(table, batch)
+                store.write_batch(table, batch, generation=generation)
                 rows += batch.num_rows
                 if progress:
                     progress(view.name, batch.num_rows)
+        # The completion marker first, then the server's identity: a restart between the last write
+        # and the marker must fail the run, not leave a marker over lost rows.
+        restarted = False
+        if generation is not None:
+            committed = store.commit_generation(table, generation, instance=instance)
+            restarted = committed == "restarted"
+            if committed == "superseded":
+                outcome, advances = "superseded", False
+        elif advances:
+            restarted = not store.set_marker(table, instance=instance, as_of=end)
+        if restarted or store.instance_id() != instance:
+            with suppress(FsqlError):
+                store.clear_marker(table)
+            raise _restarted()
+    except GenerationNotBuilding as lost:
         if store.instance_id() != instance:
-            raise OnlineStoreError(
-                "the online store's server restarted during the run, so rows written before the restart "
-                "may be lost",
-                hint="if it lost data written by earlier runs too, run `fsql materialize --full`",
-            )
+            error = _restarted()
+            registry.finish_run(run_id, rows=rows, outcome="failed", error=str(error))
+            raise MaterializationError(f"materializing '{view.name}' failed after {rows} rows: {error}",
+                                       cause=error, hint="the watermark did not advance; run `fsql materialize` again"
+                                       ) from lost
+        # a newer full run committed first: what it serves is as new as this run's rows, or newer
+        outcome, advances = "superseded", False
     except FsqlError as e:
+        _abort(store, table, generation)
         registry.finish_run(run_id, rows=rows, outcome="failed", error=str(e))
         raise MaterializationError(
             f"materializing '{view.name}' failed after {rows} rows: {e}",
@@ -138,18 +173,34 @@ def _materialize_view(ctx: Context, view: FeatureView, *, full: bool, start: dat
             hint="the watermark did not advance; fix the cause and run `fsql materialize` again",
         ) from e
     except BaseException as e:
+        _abort(store, table, generation)
         registry.finish_run(run_id, rows=rows, outcome="failed", error=f"{type(e).__name__}: {e}")
         raise
     duration = time.perf_counter() - began
-    if advances:
-        store.set_marker(table)
-    registry.finish_run(run_id, rows=rows, outcome="success", watermark=end if advances else None)
+    # A full recompute describes exactly `end`: its watermark replaces a later one (a run with an --end
+    # in the future must not block new data forever).
+    registry.finish_run(run_id, rows=rows, outcome="success", watermark=end if advances else None,
+                        replace_watermark=recompute and full and advances)
     if advances:
         # Statistics of what is now served, stored for the catalog so its page never queries the warehouse.
         relation = stats_relation(ctx.pit_view(view), view_table(ctx.config.warehouse.schema, view.name), "latest",
                                   end, dialect=engine.dialect)
         registry.save_stats(view.name, view.version, "latest", end, feature_stats(engine, relation, view))
-    return RunResult(view.name, view.version, window_start, end, rows, duration, "success")
+    return RunResult(view.name, view.version, window_start, end, rows, duration, outcome)
+
+
+def _restarted() -> OnlineStoreError:
+    return OnlineStoreError(
+        "the online store's server restarted during the run, so rows written before the restart may be lost",
+        hint="if it lost data written by earlier runs too, run `fsql materialize --full`",
+    )
+
+
+def _abort(store: OnlineStore, table: OnlineTable, generation: str | None) -> None:
+    """Free a generation this run was building (best effort: the next commit frees it anyway)."""
+    if generation is not None:
+        with suppress(Exception):
+            store.abort_generation(table, generation)
 
 
 @dataclass(frozen=True)
@@ -161,6 +212,7 @@ class _PartitionWriter:
     table: OnlineTable
     schema: pa.Schema
     batch_size: int
+    generation: str | None = None
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> int:
         store = open_online(self.config)
@@ -169,7 +221,7 @@ class _PartitionWriter:
             for batch in batches:
                 for offset in range(0, batch.num_rows, self.batch_size):
                     part = _online_batch(batch.slice(offset, self.batch_size), self.view, self.schema)
-                    store.write_batch(self.table, part)
+                    store.write_batch(self.table, part, generation=self.generation)
                     rows += part.num_rows
         finally:
             store.close()
