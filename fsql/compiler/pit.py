@@ -83,7 +83,7 @@ Either way spine duplicates and equal (keys, t) rows each keep their own output 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -97,6 +97,7 @@ from fsql.compiler.dialects import (
     natural_order,
     value_sort_keys,
 )
+from fsql.compiler.names import Namer
 from fsql.definitions import KNOWN_AT, FeatureView, PitMode
 from fsql.errors import CompileError
 
@@ -134,7 +135,7 @@ class _PlanContext:
 
     caps: Capabilities
     mode: PitMode
-    names: _Names
+    names: Namer
     ctes: list[exp.CTE]
 
 
@@ -211,7 +212,7 @@ def compile_pit(
     taken = {*spine_columns, *(out for v in views for _, out in v.features)}
     for v in views:
         taken.update([*v.keys, v.timestamp, *([v.created] if v.created else []), *_value_names(v)])
-    names = _Names(taken)
+    names = Namer(taken)
 
     chosen = [_choose_plan(view, caps, plan) for view in views]
     carried = [c == "asof" and caps.asof_carry_spine and caps.materialized_cte for c in chosen]
@@ -342,7 +343,7 @@ def latest_per_entity(
     _check_unique(out_names + feature_outs, f"latest row of view '{view.name}'")
 
     taken = {*out_names, *feature_outs, *_value_names(view)}
-    names = _Names(taken)
+    names = Namer(taken)
     ctes: list[exp.CTE] = []
     hist = _cte_or_table(view.relation, names("v"), ctes)
     h = names("h")
@@ -1124,29 +1125,6 @@ def _check_unique(names: list[str], what: str) -> None:
 
 
 # --- tree helpers ------------------------------------------------------------------------------
-
-
-class _Names:
-    """Generated identifiers (``__fsql_*``) that never collide with user columns, case-insensitively.
-
-    ``fixed`` names are reused across CTEs (same role, same name); ``__call__`` names are unique.
-    """
-
-    def __init__(self, taken: Iterable[str]) -> None:
-        self._taken = {t.lower() for t in taken}
-        self._fixed: dict[str, str] = {}
-
-    def __call__(self, base: str) -> str:
-        name, n = f"__fsql_{base}", 1
-        while name.lower() in self._taken:
-            name, n = f"__fsql_{base}_{n}", n + 1
-        self._taken.add(name.lower())
-        return name
-
-    def fixed(self, base: str) -> str:
-        if base not in self._fixed:
-            self._fixed[base] = self(base)
-        return self._fixed[base]
 
 
 def _cte_or_table(relation: exp.Expression, name: str, ctes: list[exp.CTE]) -> exp.Expression:

@@ -35,6 +35,7 @@ from sqlglot.errors import ErrorLevel, SqlglotError
 from sqlglot.schema import MappingSchema
 
 from fsql.compiler.dialects import Capabilities, capabilities, natural_order, value_sort_keys
+from fsql.compiler.names import Namer
 from fsql.errors import CompileError
 
 _FLIP = {"GTE": "LTE", "GT": "LT", "LTE": "GTE", "LT": "GT"}
@@ -365,10 +366,10 @@ def _window(select: exp.Select, index: int, asof: _Asof, caps: Capabilities) -> 
             hint=f"list the columns (the rewrite replaces '{asof.alias}' by a derived table)",
         )
     n_keys = len(asof.equalities)
-    reserved = {ident.name.lower() for ident, _ in asof.columns}
-    k_names = [_fresh(f"k{i}", reserved) for i in range(n_keys)]
-    t_name, kind, best, rn = (_fresh(n, reserved) for n in ("t", "kind", "best", "rn"))
-    x, y, m, z = "__fsql_x", "__fsql_y", "__fsql_m", "__fsql_z"
+    names = Namer(ident.name for ident, _ in asof.columns)
+    k_names = [names(f"k{i}") for i in range(n_keys)]
+    t_name, kind, best, rn = (names(n) for n in ("t", "kind", "best", "rn"))
+    x, y, m, z = (names(n) for n in ("x", "y", "m", "z"))
 
     # probe points: the left side as joined so far, without the query's WHERE (a superset is fine)
     source = exp.select(
@@ -473,14 +474,6 @@ def _window(select: exp.Select, index: int, asof: _Asof, caps: Capabilities) -> 
     )
 
 
-def _fresh(base: str, taken: set[str]) -> str:
-    name, n = f"__fsql_{base}", 1
-    while name.lower() in taken:
-        name, n = f"__fsql_{base}_{n}", n + 1
-    taken.add(name.lower())
-    return name
-
-
 # --- named windows -----------------------------------------------------------------------------
 
 
@@ -567,6 +560,11 @@ def ignore_nulls_as_value_functions(query: exp.Expression, *, copy: bool = True)
 # --- generation --------------------------------------------------------------------------------
 
 
+# What sqlglot's generator raises on trees it does not handle, besides its own errors (seen with 30.x).
+# Caught only around sqlglot calls, never around fsql's rewrites, so a bug of ours still surfaces.
+SQLGLOT_GENERATOR_FAILURES: tuple[type[Exception], ...] = (AttributeError, TypeError, KeyError, ValueError)
+
+
 def generate(expression: exp.Expression, dialect: str, *, pretty: bool = False) -> str:
     """SQL text for ``dialect``, or CompileError where sqlglot cannot express the tree faithfully.
 
@@ -580,7 +578,7 @@ def generate(expression: exp.Expression, dialect: str, *, pretty: bool = False) 
     except SqlglotError as error:
         line = _failing_line(expression, dialect)
         raise CompileError(f"cannot express this query in {dialect}: {error}", line=line) from error
-    except Exception as error:  # sqlglot generator bugs (e.g. AttributeError) must not escape as crashes
+    except SQLGLOT_GENERATOR_FAILURES as error:  # only tree.sql() runs here: a sqlglot generator failure
         raise CompileError(
             f"sqlglot failed to generate {dialect} SQL ({type(error).__name__}: {error})",
             line=_failing_line(expression, dialect),
@@ -606,7 +604,7 @@ def _failing_line(expression: exp.Expression, dialect: str) -> int | None:
         for child in node.iter_expressions():
             try:
                 child.sql(dialect=dialect, unsupported_level=ErrorLevel.RAISE)
-            except Exception:
+            except (SqlglotError, *SQLGLOT_GENERATOR_FAILURES):
                 node = child
                 break
         else:

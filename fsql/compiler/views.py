@@ -7,6 +7,7 @@ from collections.abc import Callable
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
+from fsql.compiler.rewrites import generate, rewrite_asof_joins
 from fsql.errors import CompileError
 
 RelationFor = Callable[[str], exp.Expression]
@@ -48,8 +49,6 @@ def to_dialect(query: exp.Expression, source_dialect: str, target_dialect: str, 
     ``rewrite_asof=False`` is for trees the PIT compiler built for ``target_dialect`` already.
     An error found at a construct is reported at its line: the query's parsed line mapped through
     ``file_line`` (``ParsedFile.file_line``, for Jinja-rendered files), else ``line``."""
-    from fsql.compiler.rewrites import generate, rewrite_asof_joins
-
     try:
         has_asof = any(str(j.args.get("method") or "").upper() == "ASOF" for j in query.find_all(exp.Join))
         tree = rewrite_asof_joins(query, target_dialect) if rewrite_asof and has_asof else query
@@ -61,7 +60,7 @@ def to_dialect(query: exp.Expression, source_dialect: str, target_dialect: str, 
         if e.hint is None:
             e.hint = f"rewrite the construct for {target_dialect}, or compile for another dialect"
         raise
-    except (SqlglotError, AttributeError, TypeError, KeyError, ValueError) as e:
+    except SqlglotError as e:
         raise CompileError(
             f"cannot compile this query from {source_dialect} to {target_dialect}: {str(e).splitlines()[0] or type(e).__name__}",
             path=path,

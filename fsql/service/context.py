@@ -67,6 +67,7 @@ class Context:
         self._online: OnlineStore | None = None
         self._definitions: tuple[float, Definitions] | None = None
         self._engine_writes = False
+        self._call_writes: bool | None = None  # inside a call (``warehouse``): whether it writes
 
     @classmethod
     def open(cls, root: str | Path = ".", overrides: dict[str, dict[str, Any]] | None = None) -> Context:
@@ -75,10 +76,12 @@ class Context:
     # Resources ---------------------------------------------------------------------------------------
     @property
     def engine(self) -> Engine:
-        """The warehouse, opened for writing if no call opened it (see ``warehouse``)."""
+        """The warehouse, opened on first use: for writing unless a call said it only reads
+        (see ``warehouse``)."""
         if self._engine is None:
-            self._engine = self._open_engine(read_only=False)
-            self._engine_writes = True
+            write = self._call_writes is not False
+            self._engine = self._open_engine(read_only=not write)
+            self._engine_writes = write
         return self._engine
 
     def _open_engine(self, *, read_only: bool) -> Engine:
@@ -90,18 +93,20 @@ class Context:
                            sources=list(self.config.sources.values()))
 
     @contextmanager
-    def warehouse(self, *, write: bool) -> Iterator[Engine]:
-        """The warehouse for one call. A DuckDB file is held only while the call runs, and read-only
+    def warehouse(self, *, write: bool) -> Iterator[None]:
+        """Scope one call. The warehouse opens when the call first needs it (a build refused while
+        parsing never touches it); a DuckDB file is held only until the call ends, and read-only
         when the call only reads, so a notebook's Store and a terminal's `fsql` work side by side."""
-        if self._engine is not None and (self._engine_writes or not write):
-            yield self._engine  # a call inside a call, or a long-lived connection (PostgreSQL)
+        if self._call_writes is not None:
+            yield  # a call inside a call
             return
-        self.close_engine()
-        self._engine = self._open_engine(read_only=not write)
-        self._engine_writes = write
+        if self._engine is not None and write and not self._engine_writes:
+            self.close_engine()  # a read-only connection left open cannot serve a writer
+        self._call_writes = write
         try:
-            yield self._engine
+            yield
         finally:
+            self._call_writes = None
             if self.config.warehouse.locks_file:
                 self.close_engine()
 
