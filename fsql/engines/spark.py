@@ -291,8 +291,7 @@ class SparkEngine:
             # the same wall clock since the session is in UTC), as on the other engines.
             naive = [f.name for f in data.schema if pa.types.is_timestamp(f.type) and f.type.tz is None]
             if naive:
-                from pyspark.sql import functions as F
-
+                F = require_extra("pyspark.sql.functions", "spark")  # noqa: N806 - pyspark's own idiom
                 df = df.withColumns({c: F.col(f"`{c}`").cast("timestamp_ntz") for c in naive})
             df.createOrReplaceTempView(name)
         except Exception as e:

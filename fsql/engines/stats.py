@@ -80,8 +80,7 @@ def feature_stats(
                 exp.alias_(exp.Avg(this=value.copy()), f"c{i}_mean"),
                 exp.alias_(exp.StddevSamp(this=value.copy()), f"c{i}_std"),
             ]
-            selects += [exp.alias_(exp.PercentileCont(this=value.copy(), expression=exp.Literal.number(q)),
-                                   f"c{i}_{label}") for label, q in PERCENTILES]
+            selects += [exp.alias_(_percentile(value, q, dialect), f"c{i}_{label}") for label, q in PERCENTILES]
         else:
             selects += [exp.alias_(exp.Min(this=col.copy()), f"c{i}_min"),
                         exp.alias_(exp.Max(this=col.copy()), f"c{i}_max")]
@@ -130,3 +129,11 @@ def _histogram(engine: Engine, source: exp.Expression, column: Column, low: floa
     for r in engine.arrow(query.sql(dialect=engine.dialect)).to_pylist():
         counts[min(max(int(r["b"]), 0), bins - 1)] += int(r["n"])
     return {"edges": [low + width * i for i in range(bins)] + [high], "counts": counts}
+
+
+def _percentile(value: exp.Expression, q: float, dialect: str) -> exp.Expression:
+    """The exact, interpolated percentile. Spark's PERCENTILE_CONT takes one argument (sqlglot writes
+    two) and its WITHIN GROUP form becomes PERCENTILE_APPROX, so Spark gets its exact PERCENTILE."""
+    if dialect == "spark":
+        return exp.Anonymous(this="PERCENTILE", expressions=[value.copy(), exp.Literal.number(q)])
+    return exp.PercentileCont(this=value.copy(), expression=exp.Literal.number(q))
