@@ -15,7 +15,6 @@ hangs anyway.
 from __future__ import annotations
 
 import faulthandler
-import shutil
 import socket
 import subprocess
 import threading
