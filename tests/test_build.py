@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
-import duckdb
 import pytest
 from typer.testing import CliRunner
 
+import fsql
 from fsql.cli import app
 from fsql.service import Service
 from tests.conftest import POSTGRES_URL
+from tests.example_reference import VIEWS, add_edge_rows, connect, latest_sql, multiset_diff, pit_sql
 from tests.projects import example_project, registry_dump, warehouse_dump
 
 runner = CliRunner()
@@ -24,32 +26,36 @@ def project(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_build_creates_views_with_expected_rows(project: Path) -> None:
+    """Every generated view, its ``__latest`` and the training set hold exactly the rows an
+    independent query over the raw Parquet gives (tests/example_reference.py)."""
+    add_edge_rows(project, datetime.now(UTC))
     result = runner.invoke(app, ["build", "-p", str(project)])
     assert result.exit_code == 0, result.output
     assert "built 5 feature views and 1 training sets" in result.output
-    con = duckdb.connect(str(project / ".fsql" / "warehouse.duckdb"), read_only=True)
-    orders = con.execute(f"SELECT count(*) FROM read_parquet('{project / 'data' / 'orders.parquet'}')").fetchone()[0]
-    customers = con.execute(f"SELECT count(*) FROM read_parquet('{project / 'data' / 'customers.parquet'}')").fetchone()[0]
-    expected = {
-        "customer_spend": orders,
-        "customer_value": orders,
-        "customer_merchant_stats": orders,
-        "order_amount_usd": orders,
-        "customer_profile": customers,
-    }
-    for view, rows in expected.items():
-        assert con.execute(f"SELECT count(*) FROM fsql.{view}").fetchone()[0] == rows, view
-        latest = con.execute(f"SELECT count(*) FROM fsql.{view}__latest").fetchone()[0]
-        assert 0 < latest <= rows or view in ("customer_spend", "customer_value", "order_amount_usd")
-        # __latest holds at most one row per entity
-        keys = "customer_id, merchant_id" if view == "customer_merchant_stats" else "customer_id"
-        dupes = con.execute(
-            f"SELECT count(*) FROM (SELECT {keys} FROM fsql.{view}__latest GROUP BY ALL HAVING count(*) > 1)"
-        ).fetchone()[0]
-        assert dupes == 0
-    spine = con.execute("SELECT count(*) FROM read_parquet(?) WHERE label_ts >= TIMESTAMP '2026-02-01'",
-                        [str(project / "data" / "churn_labels.parquet")]).fetchone()[0]
-    assert con.execute("SELECT count(*) FROM fsql.churn").fetchone()[0] == spine
+    with fsql.Store(project) as store:
+        churn = next(s for s in store.training_sets() if s.name == "churn")
+    con = connect(project)
+    # One transaction: CURRENT_TIMESTAMP is the same instant in the views and in the reference.
+    con.execute("BEGIN TRANSACTION")
+    for view in VIEWS.values():
+        columns = [view.keys, (view.timestamp,), (view.created,) if view.created else (), view.features]
+        relation = con.sql(f"SELECT * FROM wh.fsql.{view.name}")
+        assert relation.columns == [c for group in columns for c in group], view.name
+        problem = multiset_diff(con.sql(view.rows).fetchall(), relation.fetchall())
+        assert problem is None, f"{view.name}: {problem}"
+        latest = con.sql(f"SELECT * FROM wh.fsql.{view.name}__latest").fetchall()
+        problem = multiset_diff(con.sql(latest_sql(view)).fetchall(), latest)
+        assert problem is None, f"{view.name}__latest: {problem}"
+        assert latest, f"{view.name}__latest is empty: the edge rows are recent, so it cannot be"
+    # The training set view: its registered spine query, joined point in time by the reference.
+    spine_columns = [c.name for c in churn.spine_columns]
+    con.execute("CREATE TEMP VIEW churn_labels AS SELECT * FROM ref_churn_labels")
+    features = [(f.view, f.feature, f.feature) for f in churn.features]
+    expected = con.sql(pit_sql(churn.query, spine_columns, churn.timestamp, features)).fetchall()
+    problem = multiset_diff(expected, con.sql("SELECT * FROM wh.fsql.churn").fetchall())
+    assert problem is None, f"churn: {problem}"
+    con.execute("COMMIT")
+    con.close()
 
 
 def test_second_build_does_nothing(project: Path) -> None:
