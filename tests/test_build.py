@@ -112,15 +112,19 @@ def test_describe_and_plan(project: Path) -> None:
 def test_changed_view_gets_a_new_version_and_keeps_history(project: Path) -> None:
     service = Service.open(project)
     service.build()
-    before = service.definitions()[0]["customer_spend"].version
+    before_views, before_sets = service.definitions()
     path = project / "features" / "customer_spend.sql"
     path.write_text(path.read_text().replace("COUNT(*)    OVER w AS orders_30d", "COUNT(amount) OVER w AS orders_30d"))
     service.build()
-    after = service.definitions()[0]["customer_spend"].version
-    assert before != after
-    history = service.registry.view_history("customer_spend")
-    assert {v.version for v in history} == {before, after}
-    # customer_value reads customer_spend, so its fingerprint changes too.
+    after_views, after_sets = service.definitions()
+    changed = {n for n in after_views if after_views[n].fingerprint != before_views[n].fingerprint}
+    # customer_value reads customer_spend, so its fingerprint changes too; nothing else does.
+    assert changed == {"customer_spend", "customer_value"}
+    for name in EXAMPLE_VIEWS:
+        assert (after_views[name].version != before_views[name].version) == (name in changed), name
+    for name in changed:
+        history = service.registry.view_history(name)
+        assert {v.version for v in history} == {before_views[name].version, after_views[name].version}, name
     service.close()
 
 
