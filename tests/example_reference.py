@@ -143,9 +143,14 @@ def _norm(value: Any) -> Any:
     return value
 
 
+def normalized(rows: list[tuple]) -> list[tuple]:
+    """Rows that compare equal when their values are exactly equal, NaN included."""
+    return [tuple(map(_norm, r)) for r in rows]
+
+
 def multiset_diff(expected: list[tuple], actual: list[tuple]) -> str | None:
     """None when both hold the same rows (exact values, NaN equal to NaN), else a short report."""
-    want, got = Counter(tuple(map(_norm, r)) for r in expected), Counter(tuple(map(_norm, r)) for r in actual)
+    want, got = Counter(normalized(expected)), Counter(normalized(actual))
     if want == got:
         return None
     missing, extra = list((want - got).elements()), list((got - want).elements())

@@ -16,7 +16,15 @@ from fsql.cli import app
 from fsql.definitions import FeatureView
 from fsql.service import Service
 from tests.conftest import POSTGRES_URL
-from tests.example_reference import VIEWS, add_edge_rows, connect, latest_sql, multiset_diff, pit_sql
+from tests.example_reference import (
+    VIEWS,
+    add_edge_rows,
+    connect,
+    latest_sql,
+    multiset_diff,
+    normalized,
+    pit_sql,
+)
 from tests.projects import example_project, registry_dump, warehouse_dump
 
 runner = CliRunner()
@@ -192,8 +200,48 @@ def test_postgres_build_matches_duckdb(project: Path, pg_schema: str) -> None:
     pg.close()
 
 
+def test_postgres_history_as_view_gives_the_duckdb_training_sets(project: Path, pg_schema: str) -> None:
+    """``[warehouse] history = "view"``: no persisted copies, training sets read the live views and
+    equal DuckDB's exactly, in both PIT modes and for the set's own spine."""
+    import pyarrow.parquet as pq
+
+    add_edge_rows(project, datetime.now(UTC))
+    duck = Service.open(project)
+    duck.build()
+    overrides = _pg_overrides(pg_schema)
+    overrides["warehouse"]["history"] = "view"
+    pg = Service.open(project, {**overrides, "registry": {"url": "sqlite:///.fsql/registry-pg.db"}})
+    assert pg.build().built
+    relations = pg.engine.list_relations(pg_schema)
+    assert {f"{v}__latest" for v in EXAMPLE_VIEWS} <= set(relations)
+    assert not [r for r in relations if r.endswith("__history")], relations
+    compiled = pg.compile("churn", "postgres")
+    assert "customer_spend" in compiled and "__history" not in compiled
+
+    problem = _tables_differ(duck.training_set("churn"), pg.training_set("churn"))
+    assert problem is None, f"churn, its own spine: {problem}"
+    spine = pq.read_table(project / "data" / "churn_labels.parquet")
+    features = ["customer_spend.*", "customer_value.*", "customer_profile.*", "order_amount_usd.*"]
+    for mode in ("known-at", "event-time"):
+        d = duck.training_set(features=features, spine=spine, timestamp="label_ts", mode=mode)  # type: ignore[arg-type]
+        p = pg.training_set(features=features, spine=spine, timestamp="label_ts", mode=mode)  # type: ignore[arg-type]
+        assert d.num_rows == spine.num_rows
+        assert _tables_differ(d, p, ordered=True) is None, mode
+    # a materialization run leaves it alone: nothing to refresh
+    pg_online = {"online": {"store": "sqlite", "path": str(project / ".fsql" / "online-pg.db")}}
+    pg.close()
+    pg = Service.open(project, {**overrides, **pg_online, "registry": {"url": "sqlite:///.fsql/registry-pg.db"}})
+    assert [r.outcome for r in pg.materialize(["customer_profile"])] == ["success"]
+    assert not [r for r in pg.engine.list_relations(pg_schema) if r.endswith("__history")]
+    duck.close()
+    pg.close()
+
+
 def _engines_differ(duck: Service, pg: Service, sql: str) -> str | None:
-    d, p = duck.query(sql), pg.query(sql)
+    return _tables_differ(duck.query(sql), pg.query(sql))
+
+
+def _tables_differ(d: pa.Table, p: pa.Table, *, ordered: bool = False) -> str | None:
     if d.schema.names != p.schema.names:
         return f"columns {d.schema.names} != {p.schema.names}"
     for field_d, field_p in zip(d.schema, p.schema, strict=True):
@@ -204,6 +252,8 @@ def _engines_differ(duck: Service, pg: Service, sql: str) -> str | None:
             return f"column {field_d.name}: {field_d.type} != {field_p.type}"
     rows_d = [tuple(_exact(v) for v in r.values()) for r in d.to_pylist()]
     rows_p = [tuple(_exact(v) for v in r.values()) for r in p.to_pylist()]
+    if ordered and multiset_diff(rows_d, rows_p) is None and normalized(rows_d) != normalized(rows_p):
+        return "the same rows in another order"
     return multiset_diff(rows_d, rows_p)
 
 
