@@ -6,8 +6,10 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pytest
+import sqlglot
 from sqlglot import exp
 from typer.testing import CliRunner
 
@@ -152,10 +154,20 @@ def test_init_scaffolds_the_repository_example(tmp_path: Path) -> None:
 
 def test_compile_prints_sql_for_every_dialect(project: Path) -> None:
     assert runner.invoke(app, ["build", "-p", str(project)]).exit_code == 0
+    churn_columns = ["customer_id", "label_ts", "churned", "spend_30d", "orders_30d", "avg_order_value_30d",
+                     "country", "segment", "age"]
+    spend_columns = ["customer_id", "event_ts", "loaded_at", "spend_30d", "orders_30d"]
     for dialect in ("duckdb", "postgres", "snowflake", "bigquery", "spark", "trino"):
         result = runner.invoke(app, ["compile", "churn", "--dialect", dialect, "-p", str(project)])
         assert result.exit_code == 0, f"{dialect}: {result.output}"
-        assert "SELECT" in result.output.upper()
+        assert _parsed_back(result.stdout, dialect).named_selects == churn_columns, dialect
+        if dialect == "duckdb":
+            # The printed SQL is what runs: executed on the warehouse, it gives the training set.
+            con = duckdb.connect(str(project / ".fsql" / "warehouse.duckdb"), read_only=True)
+            con.execute("SET TimeZone = 'UTC'")
+            problem = multiset_diff(con.sql("SELECT * FROM fsql.churn").fetchall(), con.sql(result.stdout).fetchall())
+            con.close()
+            assert problem is None, problem
         view = runner.invoke(app, ["compile", "customer_spend", "--dialect", dialect, "-p", str(project)])
         if dialect == "bigquery":
             # sqlglot cannot express DuckDB's default NULLS LAST inside a BigQuery window ORDER BY:
@@ -166,6 +178,15 @@ def test_compile_prints_sql_for_every_dialect(project: Path) -> None:
         else:
             assert view.exit_code == 0, view.output
             assert "@feature_view" not in view.output  # the header stays in the file
+            assert _parsed_back(view.stdout, dialect).named_selects == spend_columns, dialect
+
+
+def _parsed_back(printed: str, dialect: str) -> exp.Query:
+    """The printed SQL parsed in its own dialect; printing the tree again gives the same text."""
+    tree = sqlglot.parse_one(printed, read=dialect)
+    assert isinstance(tree, exp.Query), printed
+    assert tree.sql(dialect, pretty=True) == printed.strip(), dialect
+    return tree
 
 
 def _pg_overrides(schema: str) -> dict[str, dict[str, str]]:
