@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -226,3 +226,19 @@ def add_edge_rows(project: Path, now: datetime) -> None:
         "churned": pa.array([False] * len(ids), pa.bool_()),
     }).cast(labels.schema)])
     pq.write_table(labels, project / "data" / "churn_labels.parquet")
+
+
+def data_time(project: Path) -> datetime:
+    """A fixed instant inside the sample data for reads pinned with ``now=`` / ``end=``: the latest
+    order time not after the wall clock (UTC, aware). Customers who ordered in the 30 days before it
+    have fresh values then, whatever day the sample data was generated."""
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        (latest,) = con.execute(
+            f"SELECT max(order_ts) FROM read_parquet(?) WHERE order_ts <= {NOW_UTC}",
+            [str(project / "data" / "orders.parquet")],
+        ).fetchone()
+    finally:
+        con.close()
+    return latest.replace(tzinfo=UTC)
