@@ -1,16 +1,53 @@
-"""Shared fixtures. Tests talk to real PostgreSQL and Redis; each test gets its own schema / key prefix."""
+"""Shared fixtures. Tests talk to real PostgreSQL and Redis; each test gets its own schema / key prefix.
+
+Hypothesis: with ``CI=true`` the ``ci`` profile is loaded: examples are derandomized (a fixed
+sequence derived from each test) and a failure prints its reproduction blob, so a red CI run fails
+the same way on a laptop (``HYPOTHESIS_PROFILE=ci python -m pytest ...``). ``HYPOTHESIS_PROFILE``
+picks a profile explicitly.
+
+Time zone: the suite must pass whatever the process time zone is (sessions run in UTC). Run it
+under another zone with ``TZ=America/New_York python -m pytest -q``; the report header shows the
+zone the run used.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import time
 import uuid
 from collections.abc import Iterator
 
 import duckdb
 import pytest
+from hypothesis import settings
 
 POSTGRES_URL = os.environ.get("FSQL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("FSQL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+HYPOTHESIS_PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci" if IN_CI else "dev")
+
+settings.register_profile("ci", derandomize=True, print_blob=True, database=None)
+settings.register_profile("dev", print_blob=True)
+settings.load_profile(HYPOTHESIS_PROFILE)
+
+
+def pytest_report_header() -> list[str]:
+    zone = "/".join(time.tzname)
+    return [f"fsql: process time zone {zone} (TZ={os.environ.get('TZ', 'unset')}), "
+            f"hypothesis profile {HYPOTHESIS_PROFILE}"]
+
+
+def require_binary(name: str) -> str:
+    """The path of an executable a test needs. Missing: skipped on a laptop, but a failure in CI,
+    where a silent skip would hide every test that needs it."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not on PATH"
+        if IN_CI:
+            pytest.fail(f"{message}; CI must install it (these tests may not be skipped in CI)", pytrace=False)
+        pytest.skip(message)
+    return path
 
 
 def unique_name(prefix: str = "t") -> str:

@@ -15,7 +15,6 @@ hangs anyway.
 from __future__ import annotations
 
 import faulthandler
-import shutil
 import socket
 import subprocess
 import threading
@@ -28,7 +27,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
-from conftest import POSTGRES_URL
+from conftest import POSTGRES_URL, require_binary
 from test_materialize import (
     T0,
     T1,
@@ -70,9 +69,7 @@ class PrivateRedis:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("redis-server is not on PATH")
+        binary = require_binary("redis-server")
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL,

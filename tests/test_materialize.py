@@ -62,15 +62,15 @@ SPEND = """\
 -- @feature_view spend
 -- @entity customer
 -- @timestamp event_ts
--- @created loaded_at
+-- @created loaded_at{ttl}
 -- The latest order of a customer; code_num fails to compute when a code is not a number.
 SELECT customer_id, event_ts, loaded_at, amount {scale} AS amount, note, CAST(code AS INTEGER) AS code_num
 FROM events
 """
 
 
-def spend_sql(scale: str = "") -> str:
-    return SPEND.format(scale=scale)
+def spend_sql(scale: str = "", ttl: str | None = None) -> str:
+    return SPEND.format(scale=scale, ttl=f"\n-- @ttl {ttl}" if ttl else "")
 
 
 def event(
@@ -222,7 +222,8 @@ def online_rows(service: Service, ids: list[int], now: datetime) -> list[dict[st
 
 
 def assert_no_skew(service: Service, ids: list[int], now: datetime) -> list[dict[str, Any]]:
-    """online(now) equals the training set with spine (id, now) for every id; returns the online rows."""
+    """online(now) equals the training set with spine (id, now) for every id, and every status is
+    the one the PIT rules give on the source rows; returns the online rows."""
     online = online_rows(service, ids, now)
     spine = pa.table({"customer_id": pa.array(ids, pa.int64()), "ts": pa.array([now] * len(ids), TS)})
     offline = service.training_set(features=["spend.*"], spine=spine, timestamp="ts").to_pylist()
@@ -234,7 +235,30 @@ def assert_no_skew(service: Service, ids: list[int], now: datetime) -> list[dict
         if not same(on[f], off[f])
     ]
     assert not bad, f"online != training set at {now} (id, feature, online, status, offline): {bad[:10]}"
+    expected = expected_statuses(service, ids, now)
+    wrong = [
+        (on["customer_id"], f, on[f + "__status"], want)
+        for on, want in zip(online, expected, strict=True)
+        for f in features
+        if on[f + "__status"] != want
+    ]
+    assert not wrong, f"statuses at {now} (id, feature, online, PIT rules): {wrong[:10]}"
     return online
+
+
+def expected_statuses(service: Service, ids: list[int], now: datetime) -> list[str]:
+    """Per id, from the source file: 'missing' without a row known at ``now`` (rules 1 and 3),
+    'stale' when the newest such row is older than the view's TTL (rule 2), else 'present'."""
+    ttl = service.definitions()[0]["spend"].ttl
+    newest: dict[int, datetime] = {}
+    for row in pq.read_table(service.config.root / "events.parquet").to_pylist():
+        ts, known = row["event_ts"], row["loaded_at"]
+        if ts is not None and ts <= now and (known is None or known <= now):
+            newest[row["customer_id"]] = max(ts, newest.get(row["customer_id"], ts))
+    return [
+        "missing" if c not in newest else "stale" if ttl is not None and newest[c] < now - ttl else "present"
+        for c in ids
+    ]
 
 
 def run_rows(service: Service) -> list[Any]:
@@ -413,6 +437,7 @@ def test_backfill_of_an_old_window_never_overwrites_newer_values(project: Projec
 
 def test_rerunning_a_window_is_idempotent(project: Project) -> None:
     ids = list(range(1, 31))
+    project.write_view(spend_sql(ttl="7h"))  # about half the entities are stale at T2
     rows = history(30)
     # exact ties on (event, created) that only the values break, and NaN / NULL / '' values
     rows += [
@@ -432,6 +457,32 @@ def test_rerunning_a_window_is_idempotent(project: Project) -> None:
     assert service.materialize(end=T2)[0].outcome == "skipped"
     online = assert_no_skew(service, ids, T2)
     assert all(math.isnan(online[c - 1]["amount"]) for c in (1, 2, 3))  # NaN ranks above every number
+    statuses = [r["amount__status"] for r in online]
+    assert 10 <= statuses.count("stale") <= 20 and "missing" not in statuses, statuses
+
+
+def test_ttl_is_checked_at_read_time(project: Project) -> None:
+    """Values older than the TTL read back NULL and 'stale', to the microsecond (rule 2: an event
+    exactly ``ttl`` old is still served), while the stored rows stay as they are."""
+    ids = list(range(1, 41))
+    project.write_view(spend_sql(ttl="6h"))
+    project.write(history(40))
+    service = project.service()
+    project.build(service)
+    [run] = service.materialize(end=T1)
+    assert (run.outcome, run.rows) == ("success", 40)
+    stored = project.dump()
+    counts = []
+    for now in (T1, T1 + timedelta(hours=1), T1 + timedelta(hours=3)):
+        statuses = [r["amount__status"] for r in assert_no_skew(service, ids, now)]
+        counts.append(statuses.count("stale"))
+    assert counts[0] < counts[1] < counts[2] == 40, counts
+    newest = max(r["event_ts"] for r in project.rows)
+    edge = newest + timedelta(hours=6)
+    for now, status in ((edge, "present"), (edge + timedelta(microseconds=1), "stale")):
+        rows = assert_no_skew(service, ids, now)
+        assert [r["amount__status"] for r in rows].count("present") == (status == "present")
+    assert project.dump() == stored
 
 
 def test_changed_definition_starts_a_new_version_with_its_own_keys(project: Project) -> None:
@@ -643,10 +694,13 @@ def test_concurrent_runs_in_processes_never_regress(request: pytest.FixtureReque
 
 
 def test_cli_get_matches_the_training_set_now(tmp_path: Path) -> None:
-    """`fsql materialize` then `fsql get customer_spend --entity customer_id=42` prints the values of
-    the last row of `fsql training-set` with the spine (42, now)."""
+    """`fsql materialize --end T` then `fsql get` prints present values equal to `fsql training-set`
+    with the spine (entity, T). T is a fixed instant of the sample data and reads of views with a TTL
+    pin it with ``now=``, so the outcome does not depend on the day the test runs."""
     from fsql.cli import app
     from fsql.sample import scaffold
+    from fsql.store import Store
+    from tests.example_reference import data_time
 
     root = tmp_path / "demo"
     scaffold(root)
@@ -657,40 +711,44 @@ def test_cli_get_matches_the_training_set_now(tmp_path: Path) -> None:
         assert result.exit_code == 0, f"fsql {' '.join(args)}: {result.output}"
         return result.stdout
 
+    t = data_time(root)
     cli("build")
-    out = cli("materialize")
-    assert "customer_spend" in out and "success" in out
-    printed = cli("get", "customer_spend", "--entity", "customer_id=42")
+    runs = json.loads(cli("materialize", "--end", t.replace(tzinfo=None).isoformat(), "--json"))
+    assert {(r["view"], r["outcome"], r["end"]) for r in runs} == {
+        (v, "success", t.isoformat()) for v in (
+            "customer_merchant_stats", "customer_profile", "customer_spend", "customer_value", "order_amount_usd")}
+    # an entity that ordered within the week before T, and whose profile existed at T
+    orders = pl.read_parquet(root / "data" / "orders.parquet")
+    naive = t.replace(tzinfo=None)
+    recent = orders.filter((pl.col("order_ts") > naive - timedelta(days=7)) & (pl.col("loaded_at") <= naive))
+    profiles = pl.read_parquet(root / "data" / "customers.parquet").filter(pl.col("updated_at") <= naive)
+    entity = min(set(recent["customer_id"]) & set(profiles["customer_id"]), key=lambda c: (c != 42, c))
+
+    spine = tmp_path / "spine.parquet"
+    pq.write_table(pa.table({
+        "customer_id": pa.array([7, entity], pa.int64()),
+        "label_ts": pa.array([t - timedelta(days=30), t], TS),
+        "churned": pa.array([False, False]),
+    }), spine)
+    output = tmp_path / "churn.parquet"
+    cli("training-set", "churn", "--spine", str(spine), "--output", str(output))
+    last = pl.read_parquet(output).to_dicts()[-1]
+    assert (last["customer_id"], last["label_ts"]) == (entity, t)
+
+    # customer_profile has no TTL: `fsql get` serves what the run at T wrote, whatever the clock says.
+    printed = cli("get", "customer_profile", "--entity", f"customer_id={entity}")
     values = {}
     for line in printed.splitlines():
         if line.strip():
             name, value, *status = line.split()
             values[name] = (value, status[0] if status else None)
-    as_json = json.loads(cli("get", "customer_spend", "--entity", "customer_id=42", "--json"))
-    now = datetime.now(UTC)
-
-    spine = tmp_path / "spine.parquet"
-    pq.write_table(
-        pa.table(
-            {
-                "customer_id": pa.array([7, 42], pa.int64()),
-                "label_ts": pa.array([now - timedelta(days=30), now], TS),
-                "churned": pa.array([False, False]),
-            }
-        ),
-        spine,
-    )
-    output = tmp_path / "churn.parquet"
-    cli("training-set", "churn", "--spine", str(spine), "--output", str(output))
-    last = pl.read_parquet(output).to_dicts()[-1]
-    assert last["customer_id"] == 42
-
-    assert set(values) == {"customer_id", "spend_30d", "orders_30d"}
-    assert values["customer_id"][0] == "42"
-    for feature in ("spend_30d", "orders_30d"):
-        value, status = values[feature]
-        assert value == str(last[feature]), (feature, value, last[feature])
-        assert status in ("present", "stale", "missing")
-        if status != "present":
-            assert value == "None"
-        assert same(as_json[0][feature], last[feature])
+    assert values == {"customer_id": (str(entity), None),
+                      **{f: (str(last[f]), "present") for f in ("country", "segment", "age")}}
+    as_json = json.loads(cli("get", "customer_profile", "--entity", f"customer_id={entity}", "--json"))
+    assert as_json == [{"customer_id": str(entity), **{k: last[k] for k in ("country", "segment", "age")},
+                        **{f"{k}__status": "present" for k in ("country", "segment", "age")}}]
+    # Views with a TTL are read at T through the SDK: fresh values, equal to the training set.
+    with Store(root) as store:
+        online = store.online("churn", {"customer_id": [entity]}, now=t).to_dicts()[0]
+    for feature in ("spend_30d", "orders_30d", "avg_order_value_30d", "country", "segment", "age"):
+        assert (online[feature], online[f"{feature}__status"]) == (last[feature], "present"), feature

@@ -11,7 +11,7 @@ from fsql.config import load_config
 from fsql.errors import ConfigError, FeatureFileError, ResolutionError
 from fsql.parsing.header import parse_duration, parse_header
 from fsql.parsing.project import parse_project
-from fsql.parsing.templating import line_map
+from fsql.parsing.templating import Renderer, line_map
 
 TOML = """
 [project]
@@ -78,23 +78,56 @@ def test_line_map_follows_unchanged_lines() -> None:
     assert mapping[rendered.splitlines().index("c")] == 6
 
 
+JINJA_VIEW = (
+    "-- @feature_view v\n-- @entity customer\n-- @timestamp ts\n"  # lines 1-3
+    "{% set cols = ['a', 'b'] %}\n"  # 4
+    "SELECT\n    customer_id,\n    ts,\n"  # 5-7
+    "{% for c in cols %}\n    {{ trailing(c, var('days')) }} AS sum_{{ c }},\n{% endfor %}\n"  # 8-10
+    "    1 AS one\nFROM orders\nWHERE nope_column > 0 AND missing_table.x = 1\n"  # 11-13
+)
+TRAILING = (
+    "{% macro trailing(col, days) %}SUM({{ col }}) OVER (PARTITION BY customer_id ORDER BY ts "
+    "RANGE BETWEEN INTERVAL {{ days }} DAYS PRECEDING AND CURRENT ROW){% endmacro %}"
+)
+
+
 def test_jinja_macros_and_vars_and_error_lines(tmp_path: Path) -> None:
-    root = project(tmp_path, {
-        "macros/util.sql": "{% macro trailing(col, days) %}SUM({{ col }}) OVER (PARTITION BY customer_id ORDER BY ts RANGE BETWEEN INTERVAL {{ days }} DAYS PRECEDING AND CURRENT ROW){% endmacro %}",
-        "features/v.sql": (
-            "-- @feature_view v\n-- @entity customer\n-- @timestamp ts\n"
-            "{% set cols = ['a', 'b'] %}\n"
-            "SELECT\n    customer_id,\n    ts,\n"
-            "{% for c in cols %}\n    {{ trailing(c, var('days')) }} AS sum_{{ c }},\n{% endfor %}\n"
-            "    1 AS one\nFROM orders\nWHERE nope_column > 0 AND missing_table.x = 1\n"
-        ),
-    })
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fsql.store import Store
+
+    root = project(tmp_path, {"macros/util.sql": TRAILING, "features/v.sql": JINJA_VIEW})
     parsed = parse_project(load_config(root))
     view = parsed.views["v"]
     assert [n for n, _ in view.projections] == ["customer_id", "ts", "sum_a", "sum_b", "one"]
-    assert "INTERVAL '7' DAYS" in view.query.sql("duckdb") or "INTERVAL 7 DAYS" in view.query.sql("duckdb")
-    # The body after the loop maps back to the file's own lines.
+    assert view.query.sql("duckdb").count("RANGE BETWEEN INTERVAL '7' DAYS PRECEDING") == 2
+    # Lines the template leaves alone map to themselves; the lines the loop wrote map to where the
+    # loop starts in the file; the body after the loop maps back to the file's own lines.
+    rendered = Renderer({"days": 7}, root / "macros", root).render(JINJA_VIEW, "features/v.sql")[0]
+    lines = {text.strip(): view.file_line(i + 1) for i, text in enumerate(rendered.splitlines()) if text.strip()}
+    assert lines["SELECT"] == 5 and lines["ts,"] == 7
+    assert [line for text, line in lines.items() if text.startswith("SUM(")] == [8, 8]
+    assert (lines["1 AS one"], lines["FROM orders"], lines["WHERE nope_column > 0 AND missing_table.x = 1"]) == (11, 12, 13)
     assert view.references == {"orders": 12}
+
+    # The engine's errors point at the line that names the unknown column, then the unknown table.
+    pq.write_table(pa.table({"customer_id": [1], "ts": pa.array([0], pa.timestamp("us")), "a": [1.0], "b": [2.0]}),
+                   root / "orders.parquet")
+    for fix, name in ((None, "nope_column"), (("nope_column > 0", "a > 0"), "missing_table")):
+        if fix:
+            path = root / "features" / "v.sql"
+            path.write_text(path.read_text().replace(*fix))
+        with Store(root) as store, pytest.raises(FeatureFileError) as info:
+            store.build()
+        assert str(info.value).startswith("features/v.sql:13: "), str(info.value)
+        assert name in str(info.value)
+    # An error raised while the loop renders points at the loop body's line.
+    path = root / "features" / "v.sql"
+    path.write_text(path.read_text().replace("var('days')", "var('weeks')"))
+    with pytest.raises(FeatureFileError) as info:
+        parse_project(load_config(root))
+    assert str(info.value).startswith("features/v.sql:9: Jinja error: var 'weeks' is not defined"), str(info.value)
 
 
 def test_jinja_error_points_at_the_template_line(tmp_path: Path) -> None:

@@ -91,9 +91,39 @@ def test_every_supported_dialect_compiles() -> None:
         for plan in (None, "timeline", "range"):
             # generate() raises on anything sqlglot reports as unsupported for the dialect
             sql = generate(compile_(views, dialect=dialect, plan=plan), dialect)
-            assert "ORDER BY" in sql
-        assert generate(latest_per_entity(views[0], dialect=dialect), dialect)
+            tree = reparsed(sql, dialect)
+            assert tree.named_selects == ["k", "t", "label", "x", "w_y"], (dialect, plan)
+            assert tree.args.get("order") is not None, (dialect, plan)  # rule 6: spine order
+        latest = generate(latest_per_entity(views[0], dialect=dialect), dialect)
+        assert reparsed(latest, dialect).named_selects == ["k", "ts", "c", "x"], dialect
         assert capabilities(dialect).name == dialect
+
+
+def reparsed(sql: str, dialect: str) -> exp.Query:
+    """``sql`` parsed back in its own dialect; printing the tree again gives the same text, so the
+    text is SQL of that dialect and nothing was lost on the way."""
+    tree = sqlglot.parse_one(sql, read=dialect)
+    assert isinstance(tree, exp.Query), (dialect, sql)
+    assert tree.sql(dialect) == sql, dialect
+    return tree
+
+
+def test_generated_sql_parses_back_to_the_golden_trees() -> None:
+    """What the service runs (``generate``, one line) and the golden files (pretty) are the same tree
+    in every dialect; the golden text itself is compared in test_pit_golden.py."""
+    from test_pit_golden import CASES, DIALECTS, FIXTURES, profile_view
+
+    for name, case in CASES.items():
+        views = [v for v, _, _ in case.views]
+        for dialect in DIALECTS:
+            query = compile_pit(case.spine, case.spine_columns, case.spine_timestamp, views,
+                                dialect=dialect, mode=case.mode, ordinal=case.ordinal)  # type: ignore[arg-type]
+            golden = sqlglot.parse_one((FIXTURES / name / f"{dialect}.sql").read_text(), read=dialect)
+            assert reparsed(generate(query, dialect), dialect) == golden, (name, dialect)
+    for dialect in DIALECTS:
+        golden = sqlglot.parse_one((FIXTURES / "latest_per_entity" / f"{dialect}.sql").read_text(), read=dialect)
+        latest = generate(latest_per_entity(profile_view(), dialect=dialect), dialect)
+        assert reparsed(latest, dialect) == golden, dialect
 
 
 def test_interval_is_exact() -> None:
@@ -185,6 +215,58 @@ def test_edge_cases(duck: duckdb.DuckDBPyConnection, pg: Any, mode: str) -> None
         duck, pg, {"hist": (HIST_COLS, hist), "spine": (SPINE_COLS, spine)}, build
     ):
         assert rows_mismatch(want, got) is None, (engine, plan, rows_mismatch(want, got))
+
+
+@pytest.mark.parametrize("mode", ["known-at", "event-time"])
+def test_ttl_boundary_is_inclusive(duck: duckdb.DuckDBPyConnection, pg: Any, mode: str) -> None:
+    """Rule 2: ``event_ts >= t - ttl``, equality counts, one microsecond older does not, on every plan."""
+    ttl = timedelta(hours=2)
+    t = h(10)
+    edge, us = t - ttl, timedelta(microseconds=1)
+    hist = [
+        (1, edge, None, 1.0, "at the edge"),
+        (2, edge - us, None, 2.0, "just outside"),
+        (3, edge - us, None, 3.0, "outside"),
+        (3, edge, t, 4.0, "edge, known at t"),  # created == t counts too (rule 3)
+        (4, edge + us, edge, 5.0, "inside"),
+    ]
+    spine = [
+        (1, t, 1),
+        (2, t, 2),
+        (3, t, 3),
+        (4, t, 4),
+        (1, t + us, 5),  # a microsecond later the edge row has expired
+        (2, t - us, 6),  # and a microsecond earlier the other one is still in
+    ]
+    expected = [
+        (1, t, 1, 1.0, "at the edge"),
+        (2, t, 2, None, None),
+        (3, t, 3, 4.0, "edge, known at t"),
+        (4, t, 4, 5.0, "inside"),
+        (1, t + us, 5, None, None),
+        (2, t - us, 6, 2.0, "just outside"),
+    ]
+    v = view(
+        created="c", ttl=ttl, features=(("x", "x"), ("y", "y")), value_columns=(("x", "DOUBLE"), ("y", "VARCHAR"))
+    )
+    ref = RefView(
+        rows=[dict(zip([c for c, _ in HIST_COLS], r, strict=True)) for r in hist],
+        keys=("k",), timestamp="ts", created="c", ttl=ttl, features=v.features, value_columns=("x", "y"),
+    )
+    spine_rows = [dict(zip(["k", "t", "label"], r, strict=True)) for r in spine]
+    assert rows_mismatch(expected, pit_join(spine_rows, ["k", "t", "label"], "t", [ref], mode)) is None
+
+    def build(engine: str) -> list[tuple[str, str]]:
+        plans = [(str(plan), compile_([v], dialect=engine, mode=mode, plan=plan).sql(engine)) for plan in plans_for(engine)]
+        literal = exp.cast(exp.Literal.string(t.isoformat(sep=" ")), "TIMESTAMP")
+        latest = latest_per_entity(v, dialect=engine, as_of=literal, mode=mode)  # type: ignore[arg-type]
+        return [*plans, ("latest", f"SELECT k, x FROM ({latest.sql(engine)}) AS l ORDER BY k")]
+
+    for engine, plan, got in run_both(duck, pg, {"hist": (HIST_COLS, hist), "spine": (SPINE_COLS, spine)}, build):
+        if plan == "latest":
+            assert got == [(1, 1.0), (3, 4.0), (4, 5.0)], (engine, got)
+        else:
+            assert rows_mismatch(expected, got) is None, (engine, plan, rows_mismatch(expected, got))
 
 
 def test_empty_spine_and_empty_history(duck: duckdb.DuckDBPyConnection, pg: Any) -> None:
