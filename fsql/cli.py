@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from enum import Enum, StrEnum
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -23,6 +22,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from fsql.config import SUPPORTED_DIALECTS
+from fsql.definitions import check_pit_mode
 from fsql.errors import FsqlError, RequestError
 
 app = typer.Typer(
@@ -33,18 +33,12 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-Dialect = Enum("Dialect", {d: d for d in SUPPORTED_DIALECTS}, type=str)  # type: ignore[misc]
-
-
-class PitModeChoice(StrEnum):
-    known_at = "known-at"
-    event_time = "event-time"
-
-
 ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="Project folder (holds fsql.toml).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 VarOpt = Annotated[list[str] | None, typer.Option("--var", metavar="NAME=VALUE", help="Set a Jinja variable: --var name=value (repeatable).")]
-PitModeOpt = Annotated[PitModeChoice, typer.Option("--pit-mode", help="known-at (default) or event-time (Feast-compatible).")]
+# Choices are plain strings checked by the SDK, so a wrong one is the usual one-line error with a hint.
+PitModeOpt = Annotated[str, typer.Option("--pit-mode", metavar="known-at|event-time",
+                                         help="known-at (default) or event-time (Feast-compatible).")]
 F = TypeVar("F", bound=Callable[..., Any])
 OUTPUT_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".ndjson": "json", ".json": "json"}
 
@@ -190,18 +184,18 @@ def plan(project: ProjectOpt = Path("."), variables: VarOpt = None, as_json: Jso
 @handles_errors
 def compile_(
     name: Annotated[str, typer.Argument(help="A feature view or training set.")],
-    dialect: Annotated[Dialect, typer.Option("--dialect", "-d", help="Target SQL dialect.")] = "duckdb",  # type: ignore[assignment]
-    pit_mode: PitModeOpt = PitModeChoice.known_at,
+    dialect: Annotated[str, typer.Option("--dialect", "-d", metavar="|".join(SUPPORTED_DIALECTS),
+                                         help="Target SQL dialect.")] = "duckdb",
+    pit_mode: PitModeOpt = "known-at",
     project: ProjectOpt = Path("."),
     variables: VarOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Print the exact SQL fsql would run for a view or training set, in any supported dialect."""
-    dialect_name = dialect.value if isinstance(dialect, Enum) else str(dialect)
     with _store(project, variables) as store:
-        sql = store.compile(name, dialect_name, mode=pit_mode.value)  # type: ignore[arg-type]
+        sql = store.compile(name, dialect, mode=check_pit_mode(pit_mode))
         if as_json:
-            _json({"name": name, "dialect": dialect_name, "sql": sql})
+            _json({"name": name, "dialect": dialect, "sql": sql})
         else:
             typer.echo(sql)
 
@@ -457,7 +451,7 @@ def training_set(
     name: Annotated[str, typer.Argument(help="A training set defined in features/.")],
     spine: Annotated[str | None, typer.Option(help="A source name, a SQL query, or a .parquet/.csv file; default: the set's own spine.")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output: a .parquet, .csv or .jsonl file, or a directory (DIR/) of Parquet files written by the engine.")] = Path("training_set.parquet"),
-    pit_mode: PitModeOpt = PitModeChoice.known_at,
+    pit_mode: PitModeOpt = "known-at",
     project: ProjectOpt = Path("."),
     variables: VarOpt = None,
 ) -> None:
@@ -469,7 +463,7 @@ def training_set(
         # A directory: Parquet files written by the engine itself (for sets larger than memory).
         with _store(project, variables) as store:
             began = time.perf_counter()
-            written = store.write_training_set(output, name, spine=spine, pit_mode=pit_mode.value)  # type: ignore[arg-type]
+            written = store.write_training_set(output, name, spine=spine, pit_mode=check_pit_mode(pit_mode))
             typer.echo(f"wrote {written.rows:,} rows in {written.files} Parquet files to {output}/ "
                        f"in {time.perf_counter() - began:.2f}s")
         return
@@ -485,9 +479,9 @@ def training_set(
             from rich.console import Console
 
             with Console(stderr=True).status(f"computing training set {name}..."):
-                frame = store.training_set(name, spine=spine_data, pit_mode=pit_mode.value)  # type: ignore[arg-type]
+                frame = store.training_set(name, spine=spine_data, pit_mode=check_pit_mode(pit_mode))
         else:
-            frame = store.training_set(name, spine=spine_data, pit_mode=pit_mode.value)  # type: ignore[arg-type]
+            frame = store.training_set(name, spine=spine_data, pit_mode=check_pit_mode(pit_mode))
         output.parent.mkdir(parents=True, exist_ok=True)
         {"parquet": frame.write_parquet, "csv": frame.write_csv, "json": frame.write_ndjson}[fmt](output)
         typer.echo(f"wrote {frame.height:,} rows x {frame.width} columns to {output} in {time.perf_counter() - began:.2f}s")

@@ -80,7 +80,7 @@ def test_build_allow_breaking_accepts_a_changed_type(project: Path) -> None:
     assert [(f["name"], f["type"]) for f in described["features"]] == [
         ("country", "VARCHAR"), ("segment", "VARCHAR"), ("age", "DOUBLE")]
     ages = json.loads(ok(project, "get", "customer_profile", "--entity", "customer_id=1", "--json"))
-    assert ages[0]["age__status"] == "missing"  # the new version was never materialized
+    assert ages[0]["age__status"] == "not_materialized"  # the new version was never materialized
     with fsql.Store(project) as store:
         assert store.query("SELECT age FROM customer_profile LIMIT 1").schema["age"] == pl.Float64
     assert "nothing to do" in ok(project, "build", "--allow-breaking")
@@ -91,7 +91,9 @@ def test_search_names_descriptions_and_tags(materialized: tuple[Path, datetime])
     hits = json.loads(ok(project, "search", "FX", "--json"))
     assert [(h["kind"], h["name"], h["matched"]) for h in hits] == [("view", "order_amount_usd", ["tags"])]
     hits = json.loads(ok(project, "search", "trailing 30", "--json"))
+    # every word matches somewhere: a view by its description and its features' names
     assert {(h["kind"], h["name"]) for h in hits} == {
+        ("view", "customer_spend"),
         ("view", "customer_value"),
         ("feature", "customer_spend.spend_30d"),
         ("feature", "customer_spend.orders_30d"),
@@ -123,12 +125,13 @@ def test_materialize_start_and_end_parsing(materialized: tuple[Path, datetime]) 
         (day + timedelta(hours=12)).isoformat(), (day + timedelta(hours=18)).isoformat())
     with fsql.Store(project) as store:
         version = next(v.version for v in store.feature_views() if v.name == "customer_profile")
-        recorded = store.service.registry.runs("customer_profile", version)[:2]
+        recorded = [r for r in store.runs("customer_profile") if r.version == version][:2]
     assert [(r.interval_start, r.interval_end) for r in recorded] == [
         (day + timedelta(hours=12), day + timedelta(hours=18)), (day - timedelta(days=2), day)]
     for flag in ("--start", "--end"):
         line = one_line_error(project, "materialize", flag, "yesterday")
-        assert line == f"{flag} 'yesterday' is not an ISO timestamp; e.g. 2026-01-31 or 2026-01-31T12:00:00+00:00"
+        assert line == (f"{flag} 'yesterday' is not an ISO timestamp; "
+                        "e.g. 2026-01-31 or 2026-01-31T12:00:00+00:00 (naive times are UTC)")
 
 
 def test_get_training_set_for_several_entities(materialized: tuple[Path, datetime], tmp_path: Path) -> None:
@@ -142,7 +145,7 @@ def test_get_training_set_for_several_entities(materialized: tuple[Path, datetim
     features = ["spend_30d", "orders_30d", "avg_order_value_30d", "country", "segment", "age"]
     args = [a for i in ids for a in ("--entity", f"customer_id={i}")]
     rows = json.loads(ok(project, "get", "churn", *args, "--json"))
-    assert [r["customer_id"] for r in rows] == [str(i) for i in ids]
+    assert [r["customer_id"] for r in rows] == list(ids)  # keys keep their type in JSON
     for row, want in zip(rows, expected, strict=True):
         for feature in features:
             status = "present" if want[feature] is not None else "missing"

@@ -681,7 +681,11 @@ def test_concurrent_runs_in_processes_never_regress(request: pytest.FixtureReque
                 assert worker.returncode == 0, err[-2000:]
                 outputs.append(out.split())
         client.close()
-        assert outputs == [["success", str(customers)]] * 3
+        # Full recomputes race: each writes a generation of its own, and one as of an earlier time than
+        # the store already holds is superseded instead of replacing newer values.
+        assert {o[0] for o in outputs} <= {"success", "superseded"}
+        assert "success" in (outputs[0][0], outputs[2][0])  # a run as of T2 is what is served
+        assert all(o == ["success", str(customers)] for o in outputs if o[0] == "success")
         assert watch.polls > 3 and len(watch.seen) == customers
         assert not watch.regressions, watch.regressions[:5]
         assert watermark(setup) == T2
@@ -745,7 +749,7 @@ def test_cli_get_matches_the_training_set_now(tmp_path: Path) -> None:
     assert values == {"customer_id": (str(entity), None),
                       **{f: (str(last[f]), "present") for f in ("country", "segment", "age")}}
     as_json = json.loads(cli("get", "customer_profile", "--entity", f"customer_id={entity}", "--json"))
-    assert as_json == [{"customer_id": str(entity), **{k: last[k] for k in ("country", "segment", "age")},
+    assert as_json == [{"customer_id": entity, **{k: last[k] for k in ("country", "segment", "age")},
                         **{f"{k}__status": "present" for k in ("country", "segment", "age")}}]
     # Views with a TTL are read at T through the SDK: fresh values, equal to the training set.
     with Store(root) as store:

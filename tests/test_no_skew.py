@@ -434,10 +434,11 @@ def test_online_equals_training_set(
                 assert service.registry.watermark(view.name, view.version) == END1 + end2 * MINUTE
             check_no_skew(service, {"events": events, "ttl_events": ttl_events}, end2)
 
-            # a backfill of the old state writes only older rows: nothing served changes (newer-wins),
-            # and the watermark does not move backwards
+            # a full recompute as of the old state is superseded by what the store already holds (as of a
+            # later time): nothing served changes, and the watermark does not move backwards
             backfill = service.materialize(full=True, end=END1)
-            assert all(r.outcome == "success" for r in backfill), backfill
+            expected = "success" if end2 == 0 else "superseded"
+            assert all(r.outcome == expected for r in backfill), backfill
             for view in views.values():
                 assert service.registry.watermark(view.name, view.version) == END1 + end2 * MINUTE
             check_no_skew(service, {"events": events, "ttl_events": ttl_events}, end2)
@@ -477,13 +478,6 @@ def corrections(draw: st.DrawFn, history: History) -> Corrections:
     return Corrections(ties, ties_ttl, {i: other_values(history.events[i]) for i in indices})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: online newer-wins compares only (event_ts, created), not the values of rule 4, and --full "
-    "upserts into the same keyspace: a late value tie or an in-place correction never reaches the online "
-    "store (the hardening issue: whole tie order, generation swap on --full)",
-)
 def test_online_equals_training_set_after_value_ties_corrections_and_full(
     combo: tuple[str, dict[str, dict[str, Any]], str | None], tmp_path: Path
 ) -> None:
@@ -497,7 +491,7 @@ def test_online_equals_training_set_after_value_ties_corrections_and_full(
         max_examples=EXAMPLES[name] // 3,
         deadline=None,
         database=None,
-        derandomize=True,  # the same examples every run: a strict xfail must fail every time
+        derandomize=True,  # the same examples every run
         report_multiple_bugs=False,
         phases=[Phase.explicit, Phase.generate],  # each example is a build and two runs: no shrinking
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fsql.service import Service
 from tests.conftest import POSTGRES_URL
+from tests.service_adapter import Service
 
 ROOT = Path(__file__).resolve().parent.parent
 T = datetime(2025, 1, 15, 12, 0, tzinfo=UTC)
@@ -78,7 +78,7 @@ WORKER = """
 import json, sys, time
 from datetime import datetime
 import pyarrow as pa
-from fsql.service import Service
+from tests.service_adapter import Service
 
 assert time.localtime(0).tm_gmtoff != 0, "the process time zone did not take effect"
 root, t = sys.argv[1], datetime.fromisoformat(sys.argv[2])
