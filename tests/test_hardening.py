@@ -76,3 +76,27 @@ def test_a_future_end_is_refused_and_a_full_run_resets_the_watermark(project: Pr
     [run] = service.materialize(full=True)
     assert run.outcome == "success"
     assert service.registry.watermark("spend", view.version) == run.end < future
+
+
+def test_a_lost_postgres_connection_reports_the_original_error_on_one_line(pg_schema: str, tmp_path: Path) -> None:
+    """Killing the backend inside a transaction: the rollback and the autocommit switch fail as well,
+    and must not replace the error that says what happened."""
+    import psycopg
+
+    from fsql.engines.postgres import PostgresEngine
+    from fsql.errors import EngineError
+    from tests.conftest import POSTGRES_URL
+
+    engine = PostgresEngine(POSTGRES_URL, pg_schema, tmp_path)
+    pid = engine.arrow("SELECT pg_backend_pid() AS pid").column("pid")[0].as_py()
+    try:
+        with pytest.raises(EngineError) as failed, engine.transaction():
+            engine.execute("SELECT 1")
+            with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+            engine.execute("SELECT 1")
+        message = str(failed.value)
+        assert "\n" not in message and message.startswith("PostgreSQL: ")
+        assert "terminat" in message.lower() or "connection" in message.lower(), message
+    finally:
+        engine.close()

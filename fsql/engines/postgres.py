@@ -59,17 +59,22 @@ class PostgresEngine:
         try:
             yield
         except BaseException:
-            try:
+            # The original error is the one to report: on a lost connection the rollback and the
+            # switch back to autocommit fail too, and must not replace it (the server rolls back).
+            with suppress(Exception):
                 self.con.rollback()
-            finally:
-                self._in_tx = False
+            self._in_tx = False
+            with suppress(Exception):
                 self._autocommit(True)
             raise
-        else:
-            try:
-                self.con.commit()
-            finally:
-                self._in_tx = False
+        try:
+            self.con.commit()
+        except Exception as e:
+            raise EngineUnavailableError(f"PostgreSQL: the commit failed: {str(e).splitlines()[0]}",
+                                         hint="nothing was changed; check the server and run the command again") from e
+        finally:
+            self._in_tx = False
+            with suppress(Exception):
                 self._autocommit(True)
 
     def _run(self, sql: str, params: Sequence[Any] | None = None):
