@@ -122,6 +122,16 @@ def _progress(enabled: bool) -> Callable[[str], None] | None:
     return lambda message: typer.echo(f"  {message}", err=True)
 
 
+def _spine_arg(spine: str | None) -> Any:
+    """--spine as the SDK takes it: a .parquet/.csv file is read into a DataFrame; a source or view
+    name, or a SELECT, is passed as text."""
+    if spine and Path(spine).suffix in (".parquet", ".csv") and Path(spine).exists():
+        import polars as pl
+
+        return pl.read_parquet(spine) if spine.endswith(".parquet") else pl.read_csv(spine, try_parse_dates=True)
+    return spine
+
+
 def _cell(value: Any) -> str:
     return "null" if value is None else str(value)
 
@@ -456,7 +466,6 @@ def training_set(
     variables: VarOpt = None,
 ) -> None:
     """Compute a point-in-time correct training set and write it to a file."""
-    import polars as pl
 
     fmt = OUTPUT_FORMATS.get(output.suffix.lower())
     if not output.suffix:
@@ -471,9 +480,7 @@ def training_set(
         raise RequestError(f"cannot write '{output}': unknown file type '{output.suffix}'",
                            hint="use a .parquet, .csv or .jsonl file name")
     with _store(project, variables) as store:
-        spine_data: Any = spine
-        if spine and Path(spine).suffix in (".parquet", ".csv") and Path(spine).exists():
-            spine_data = pl.read_parquet(spine) if spine.endswith(".parquet") else pl.read_csv(spine, try_parse_dates=True)
+        spine_data = _spine_arg(spine)
         began = time.perf_counter()
         if sys.stderr.isatty():
             from rich.console import Console
@@ -575,16 +582,13 @@ def predict(
     project: ProjectOpt = Path("."),
 ) -> None:
     """Score a spine in batch: the model's training set point-in-time, then the model (same code as serving)."""
-    import polars as pl
 
     fmt = OUTPUT_FORMATS.get(output.suffix.lower())
     if fmt is None:
         raise RequestError(f"cannot write '{output}': unknown file type '{output.suffix}'",
                            hint="use a .parquet, .csv or .jsonl file name")
     with _store(project) as store:
-        spine_data: Any = spine
-        if spine and Path(spine).suffix in (".parquet", ".csv") and Path(spine).exists():
-            spine_data = pl.read_parquet(spine) if spine.endswith(".parquet") else pl.read_csv(spine, try_parse_dates=True)
+        spine_data = _spine_arg(spine)
         began = time.perf_counter()
         frame = store.predict(model, spine=spine_data)
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-from fsql.compiler.rewrites import inline_named_windows
+from fsql.compiler.rewrites import inline_named_windows, node_line
 from fsql.errors import CompileError
 
 HIDDEN = "__fsql_known"
@@ -209,7 +209,7 @@ class _Context:
         self.file_line = file_line
 
     def error(self, message: str, node: exp.Expression | None, hint: str | None = HINT) -> CompileError:
-        line = _node_line(node) if node is not None else None
+        line = node_line(node) if node is not None else None
         if self.file_line is not None:
             line = self.file_line(line) if line is not None else None
         return CompileError(message, path=self.path, line=line, hint=hint)
@@ -622,9 +622,3 @@ def _greatest(parts: list[exp.Expression]) -> exp.Expression | None:
     return exp.Greatest(this=args[0], expressions=args[1:], ignore_nulls=True)
 
 
-def _node_line(node: exp.Expression) -> int | None:
-    for candidate in node.walk():
-        meta = getattr(candidate, "_meta", None) or {}
-        if "line" in meta:
-            return int(meta["line"])
-    return None

@@ -146,6 +146,33 @@ def write_batches_parquet(batches: Iterator[pa.RecordBatch], directory: Path, ro
     return rows
 
 
+class SchemaDDL:
+    """The DDL every SQL engine spells the same way, in its own schema (``schema``, ``dialect``)."""
+
+    schema: str
+    dialect: str
+    # DROP ... CASCADE: the engine refuses to drop what other views read otherwise (PostgreSQL)
+    drop_cascades = False
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> None: ...  # provided by the engine
+
+    def list_relations(self, schema: str) -> dict[str, str]: ...  # provided by the engine
+
+    def _qualified(self, name: str) -> str:
+        return view_table(self.schema, name).sql(dialect=self.dialect)
+
+    def ensure_schema(self) -> None:
+        self.execute(exp.Create(this=exp.to_identifier(self.schema, quoted=True), kind="SCHEMA", exists=True)
+                     .sql(dialect=self.dialect))
+
+    def drop_relation(self, name: str) -> None:
+        kind = self.list_relations(self.schema).get(name)
+        if kind is not None:
+            what = "VIEW" if "VIEW" in kind.upper() else "TABLE"
+            cascade = " CASCADE" if self.drop_cascades else ""
+            self.execute(f"DROP {what} IF EXISTS {self._qualified(name)}{cascade}")
+
+
 def history_name(view: str) -> str:
     return f"{view}__history"
 

@@ -20,11 +20,11 @@ from sqlglot import exp
 
 from fsql.config import SourceConfig
 from fsql.definitions import Column
-from fsql.engines.base import columns_of, missing_source, view_table, write_batches_parquet
+from fsql.engines.base import SchemaDDL, columns_of, missing_source, write_batches_parquet
 from fsql.errors import EngineError, EngineUnavailableError
 
 
-class DuckDBEngine:
+class DuckDBEngine(SchemaDDL):
     dialect = "duckdb"
     # DuckDB's ASOF join needs no index: training sets read the live views.
     persists_history = False
@@ -183,21 +183,8 @@ class DuckDBEngine:
         ).fetchall()
         return {name: kind for name, kind in rows}
 
-    def _qualified(self, name: str) -> str:
-        return view_table(self.schema, name).sql(dialect=self.dialect)
-
-    def ensure_schema(self) -> None:
-        self.execute(exp.Create(this=exp.to_identifier(self.schema, quoted=True), kind="SCHEMA", exists=True)
-                     .sql(dialect=self.dialect))
-
     def replace_view(self, name: str, body: str) -> None:
         self.execute(f"CREATE OR REPLACE VIEW {self._qualified(name)} AS {body}")
-
-    def drop_relation(self, name: str) -> None:
-        kind = self.list_relations(self.schema).get(name)
-        if kind is not None:
-            what = "VIEW" if "VIEW" in kind.upper() else "TABLE"
-            self.execute(f"DROP {what} IF EXISTS {self._qualified(name)}")
 
     def refresh_history(self, name: str, index: exp.Expression | None, *, recreate: bool) -> None:
         raise EngineError("DuckDB keeps no persisted view history")  # callers check persists_history

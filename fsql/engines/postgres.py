@@ -18,13 +18,20 @@ from sqlglot import exp
 
 from fsql.config import SourceConfig
 from fsql.definitions import Column
-from fsql.engines.base import columns_of, history_name, missing_source, view_table, write_batches_parquet
+from fsql.engines.base import (
+    SchemaDDL,
+    columns_of,
+    history_name,
+    missing_source,
+    write_batches_parquet,
+)
 from fsql.errors import EngineError, EngineUnavailableError, redact_url
 from fsql.extras import require_extra
 
 
-class PostgresEngine:
+class PostgresEngine(SchemaDDL):
     dialect = "postgres"
+    drop_cascades = True
 
     def __init__(self, url: str, schema: str, root: Path, *, history: str = "table") -> None:
         # PostgreSQL cannot index a view, and the PIT join's index plan is several times faster than
@@ -206,24 +213,11 @@ class PostgresEngine:
         ).to_pylist()
         return {r["table_name"]: r["table_type"] for r in rows}
 
-    def _qualified(self, name: str) -> str:
-        return view_table(self.schema, name).sql(dialect=self.dialect)
-
-    def ensure_schema(self) -> None:
-        self.execute(exp.Create(this=exp.to_identifier(self.schema, quoted=True), kind="SCHEMA", exists=True)
-                     .sql(dialect=self.dialect))
-
     def replace_view(self, name: str, body: str) -> None:
         # CREATE OR REPLACE VIEW cannot drop or retype columns on PostgreSQL; dependants dropped by
         # CASCADE are recreated later in the same transaction, since views are built in dependency order.
         self.execute(f"DROP VIEW IF EXISTS {self._qualified(name)} CASCADE")
         self.execute(f"CREATE VIEW {self._qualified(name)} AS {body}")
-
-    def drop_relation(self, name: str) -> None:
-        kind = self.list_relations(self.schema).get(name)
-        if kind is not None:
-            what = "VIEW" if "VIEW" in kind.upper() else "TABLE"
-            self.execute(f"DROP {what} IF EXISTS {self._qualified(name)} CASCADE")
 
     def refresh_history(self, name: str, index: exp.Expression | None, *, recreate: bool) -> None:
         """Rewrite ``<name>__history`` from the view, in one transaction, so a training set never

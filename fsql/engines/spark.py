@@ -29,7 +29,7 @@ from sqlglot import exp
 
 from fsql.config import SourceConfig, SparkWarehouse
 from fsql.definitions import Column
-from fsql.engines.base import columns_of, view_table
+from fsql.engines.base import SchemaDDL, columns_of, view_table
 from fsql.errors import EngineError, EngineUnavailableError
 from fsql.extras import require_extra
 
@@ -315,12 +315,8 @@ class SparkEngine:
             raise EngineError(f"Spark: cannot list the relations of {schema}: {_first_line(e)}") from e
         return {t.name: ("VIEW" if t.tableType == "VIEW" else "BASE TABLE") for t in tables if not t.isTemporary}
 
-    def _qualified(self, name: str) -> str:
-        return view_table(self.schema, name).sql(dialect=self.dialect)
-
-    def ensure_schema(self) -> None:
-        self.execute(exp.Create(this=exp.to_identifier(self.schema, quoted=True), kind="SCHEMA", exists=True)
-                     .sql(dialect=self.dialect))
+    _qualified = SchemaDDL._qualified
+    ensure_schema = SchemaDDL.ensure_schema
 
     def replace_view(self, name: str, body: str) -> None:
         entry = _Entry(name, "view", body)

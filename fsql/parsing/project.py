@@ -16,6 +16,7 @@ from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import ParseError, SqlglotError
 
+from fsql.compiler.rewrites import node_line
 from fsql.config import SUPPORTED_DIALECTS, Config
 from fsql.definitions import FeatureRef, fingerprint
 from fsql.errors import FeatureFileError, ResolutionError, did_you_mean
@@ -194,7 +195,7 @@ def parse_file(file: Path, config: Config, renderer: Renderer) -> ParsedFile:
     statements = _parse_sql(sql_text, dialect, shown, file_line, header.body_start)
     for statement in statements:
         if not isinstance(statement, exp.Query):
-            check_query(statement, path=shown, line_of=lambda n: file_line(_node_line(n) or header.body_start))
+            check_query(statement, path=shown, line_of=lambda n: file_line(node_line(n) or header.body_start))
     if len(statements) != 1 or not isinstance(statements[0], exp.Query):
         raise FeatureFileError(
             "a feature file must hold exactly one SELECT query",
@@ -213,7 +214,7 @@ def parse_file(file: Path, config: Config, renderer: Renderer) -> ParsedFile:
         dialect=dialect,
         line_map=mapping,
     )
-    check_query(query, path=shown, line_of=lambda n: parsed.file_line(_node_line(n)))
+    check_query(query, path=shown, line_of=lambda n: parsed.file_line(node_line(n)))
     _collect_projections(parsed)
     return parsed
 
@@ -263,7 +264,7 @@ def _collect_projections(parsed: ParsedFile) -> None:
             parsed.has_star = True
             continue
         name = projection.alias_or_name
-        line = parsed.file_line(_node_line(projection))
+        line = parsed.file_line(node_line(projection))
         if not name:
             raise parsed.error(
                 f"unnamed column '{projection.sql(dialect=parsed.dialect)}'",
@@ -275,14 +276,6 @@ def _collect_projections(parsed: ParsedFile) -> None:
         seen[name] = line
         comments = [c.strip() for c in (projection.comments or []) if c.strip()]
         parsed.projections.append((name, " ".join(comments) or None))
-
-
-def _node_line(node: exp.Expression) -> int | None:
-    for candidate in node.walk():
-        meta = getattr(candidate, "_meta", None) or {}
-        if "line" in meta:
-            return int(meta["line"])
-    return None
 
 
 def table_references(query: exp.Expression) -> list[exp.Table]:
@@ -303,7 +296,7 @@ def table_references(query: exp.Expression) -> list[exp.Table]:
 def _check_references(parsed: ParsedFile, known: set[str], config: Config) -> None:
     for table in table_references(parsed.query):
         name = table.name
-        line = parsed.file_line(_node_line(table))
+        line = parsed.file_line(node_line(table))
         if name not in known:
             hint = did_you_mean(name, known) or (
                 "declare it under [sources] in fsql.toml"
