@@ -144,9 +144,6 @@ def _latest_project(root: Path) -> Path:
     return root
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the generated __latest views compare naive event times with "
-                   "CURRENT_TIMESTAMP, so a session in another time zone (the duckdb CLI, psql) reads naive "
-                   "times as local: five hours west of UTC, the last five hours of rows are missing")
 @pytest.mark.parametrize("engine", ["duckdb", "postgres"])
 def test_latest_views_read_the_same_in_any_session_time_zone(tmp_path: Path, engine: str,
                                                              request: pytest.FixtureRequest) -> None:

@@ -126,6 +126,8 @@ class PitView:
     # the relation is a table on which `offline_index(...)` was created: engines that benefit
     # (PostgreSQL) then use the LATERAL index plan; without it they keep a plan that needs no index
     indexed: bool = False
+    # the event timestamp has no time zone (naive = UTC wall time): "now" must be the UTC wall time too
+    naive_time: bool = False
 
 
 @dataclass
@@ -161,6 +163,7 @@ def pit_view_of(
         features=tuple(features if features is not None else [(f, f) for f in view.feature_names]),
         value_columns=tuple((c.name, c.dtype) for c in view.features),
         indexed=indexed,
+        naive_time=(view.column(view.timestamp) is not None and view.column(view.timestamp).dtype == "TIMESTAMP"),
     )
 
 
@@ -347,7 +350,7 @@ def latest_per_entity(
     ctes: list[exp.CTE] = []
     hist = _cte_or_table(view.relation, names("v"), ctes)
     h = names("h")
-    t = as_of.copy() if as_of is not None else exp.CurrentTimestamp()
+    t = as_of.copy() if as_of is not None else _now(view)
 
     cond = [_not_null(exp.column(k, h, quoted=True)) for k in view.keys]
     cond += _candidate(view, h, t, mode, apply_ttl=apply_ttl)
@@ -1025,6 +1028,16 @@ def _value_columns(view: PitView) -> list[tuple[str, str | None]]:
 
 def _value_names(view: PitView) -> list[str]:
     return [c for c, _ in _value_columns(view)]
+
+
+def _now(view: PitView) -> exp.Expression:
+    """CURRENT_TIMESTAMP for the view's timestamps. Naive timestamps are UTC wall times: compared with
+    CURRENT_TIMESTAMP they would be read in the session's time zone, so a `__latest` view queried from
+    a console outside UTC would see recent rows as future ones."""
+    if not view.naive_time:
+        return exp.CurrentTimestamp()
+    utc = exp.AtTimeZone(this=exp.CurrentTimestamp(), zone=exp.Literal.string("UTC"))
+    return exp.cast(utc, exp.DataType.build("timestamp"))
 
 
 def _interval(ttl: timedelta) -> exp.Interval:
