@@ -436,11 +436,18 @@ def _now() -> datetime:
 # The registry
 
 
+# Write transactions committed by this process, per registry database: a reader that caches the
+# registry (the online FeatureReader) sees a build made through any Store of this process at once,
+# and one made by another process within its cache's age.
+_LOCAL_WRITES: dict[str, int] = {}
+
+
 class Registry:
     """A registry database. Create with ``Registry.open(url)``; safe to share between threads."""
 
     def __init__(self, engine: Engine, url: str) -> None:
         self._engine = engine
+        self._database = engine.url.render_as_string(hide_password=False)  # never shown
         self.url = url  # for messages: the password is masked
         self.dialect = engine.dialect.name
         self._pg_schema: str | None = None
@@ -522,8 +529,14 @@ class Registry:
                 raise
             with self._errors("commit"):
                 tx.commit()
+            if write:
+                _LOCAL_WRITES[self._database] = _LOCAL_WRITES.get(self._database, 0) + 1
         finally:
             conn.close()
+
+    def local_writes(self) -> int:
+        """How many write transactions this process committed to this database (free to call)."""
+        return _LOCAL_WRITES.get(self._database, 0)
 
     def _read(self) -> AbstractContextManager[Connection]:
         return self._begin(write=False)

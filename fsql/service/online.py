@@ -105,16 +105,17 @@ class FeatureReader:
         self.store = store
         # How stale the serving plan may be (seconds): a build elsewhere is seen within this time.
         self.max_age = max_age
-        self._plan: tuple[float, ServingPlan] | None = None
+        self._plan: tuple[float, int, ServingPlan] | None = None  # (loaded at, local writes then, plan)
 
     def plan(self) -> ServingPlan:
         cached = self._plan
-        if cached is not None and time.monotonic() - cached[0] <= self.max_age:
-            return cached[1]
+        writes = self.registry.local_writes()
+        if cached is not None and cached[1] == writes and time.monotonic() - cached[0] <= self.max_age:
+            return cached[2]
         plan = ServingPlan.load(self.registry)
         if not plan.views:
             raise NotFoundError("the registry holds no feature views", hint="run `fsql build` first")
-        self._plan = (time.monotonic(), plan)
+        self._plan = (time.monotonic(), writes, plan)
         return plan
 
     def invalidate(self) -> None:
@@ -123,8 +124,9 @@ class FeatureReader:
     def reload(self) -> ServingPlan:
         """Load the plan now and serve from it. A server calls this off the request path (at start, on
         SIGHUP, when the registry version moves); a read in flight keeps the plan it started with."""
+        writes = self.registry.local_writes()
         plan = ServingPlan.load(self.registry)
-        self._plan = (time.monotonic(), plan)
+        self._plan = (time.monotonic(), writes, plan)
         return plan
 
     def read(
