@@ -65,6 +65,8 @@ class Engine(Protocol):
     schema: str
     # keeps an indexed copy of each view's history (`<view>__history`) for fast PIT joins
     persists_history: bool
+    # materialization upserts from the engine's workers (write_partitions), not through the driver
+    writes_from_workers: bool
 
     def transaction(self) -> AbstractContextManager[None]: ...
 
@@ -153,10 +155,9 @@ class SchemaDDL:
     dialect: str
     # DROP ... CASCADE: the engine refuses to drop what other views read otherwise (PostgreSQL)
     drop_cascades = False
-
-    def execute(self, sql: str, params: Sequence[Any] | None = None) -> None: ...  # provided by the engine
-
-    def list_relations(self, schema: str) -> dict[str, str]: ...  # provided by the engine
+    # single-process engines write the online store from the driver (see Engine.writes_from_workers)
+    writes_from_workers = False
+    # `execute` and `list_relations` come from the engine class itself
 
     def _qualified(self, name: str) -> str:
         return view_table(self.schema, name).sql(dialect=self.dialect)

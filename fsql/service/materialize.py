@@ -127,7 +127,7 @@ def _materialize_view(ctx: Context, view: FeatureView, *, full: bool, start: dat
         if recompute:
             generation = store.begin_generation(table, as_of=end)
         sql, params = _latest_sql(ctx, view, window_start, end)
-        if getattr(engine, "writes_from_workers", False) and online_reopenable(ctx.config):
+        if engine.writes_from_workers and online_reopenable(ctx.config):
             # A distributed engine upserts each partition from its executors: the driver never
             # holds the rows, only the count each partition wrote.
             rows = engine.write_partitions(sql, params, _PartitionWriter(ctx.config, view, table, schema,
