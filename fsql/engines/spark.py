@@ -66,6 +66,10 @@ def open_session(warehouse: SparkWarehouse) -> tuple[Any, bool]:
             builder = builder.config("spark.sql.session.timeZone", "UTC")
             builder = builder.config("spark.ui.enabled", "false")
             builder = builder.config("spark.ui.showConsoleProgress", "false")
+            if warehouse.master.startswith("local"):
+                # A local session has no peers: its driver and block manager listen on loopback only.
+                builder = builder.config("spark.driver.host", "127.0.0.1")
+                builder = builder.config("spark.driver.bindAddress", "127.0.0.1")
             for key, value in warehouse.conf:
                 builder = builder.config(key, value)
             session = builder.getOrCreate()
