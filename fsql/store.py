@@ -182,6 +182,9 @@ class Store:
         return self._ctx.registry.search(text)
 
     def runs(self, view: str, *, limit: int = 20) -> list[RunRecord]:
+        """The view's latest materialization runs, newest first; runs whose process on this machine
+        died are marked failed first, so none shows 'running' forever."""
+        self._ctx.registry.fail_interrupted_runs()
         return self._ctx.registry.runs(view, limit=limit)
 
     def history(self, view: str) -> list[ViewVersion]:
@@ -215,6 +218,7 @@ class Store:
     # Catalog: history and diffs, feature lineage, ranked search, statistics, rules ---------------------
     def revisions(self, name: str) -> list[Revision]:
         """Every revision of a view or training set (metadata-only edits too), oldest first."""
+        self._ctx.registry.fail_interrupted_runs()  # the revisions list their runs
         return self._ctx.registry.history(name)
 
     def diff(self, name: str, old: str | None = None, new: str | None = None) -> VersionDiff:
