@@ -4,6 +4,11 @@ Once the declared sources are known the connection is locked down (``lock_down``
 ``enable_external_access = false`` with only the source files (and the folders of glob sources)
 allowed, so no query, whatever slipped past the feature-file checks, can read or write another file,
 load an extension or reach the network. The setting cannot be turned back on for the connection.
+
+The generated views read a relative source path from the project folder, which every connection
+names in the variable ``fsql_root``: a copied or moved project (warehouse file included) reads its own
+files, not the original's. DuckDB's ``file_search_path`` would not do, since it looks in the working
+directory first. A DuckDB console without the variable reads the paths from its working directory.
 """
 
 from __future__ import annotations
@@ -48,10 +53,9 @@ class DuckDBEngine(SchemaDDL):
                 hint="another process is writing to it (a build?); retry when it is done",
             ) from None
         self.con.execute("SET TimeZone = 'UTC'")
+        # A parameter, never a literal: the folder's name is user data.
+        self.con.execute(f"SET VARIABLE {ROOT_VARIABLE} = ?", [str(root)])
         self._depth = 0
-        self.locked = False
-        if sources is not None:
-            self.lock_down(sources)
         self.locked = False
         if sources is not None:
             self.lock_down(sources)
@@ -151,9 +155,8 @@ class DuckDBEngine(SchemaDDL):
     def source_relation(self, source: SourceConfig) -> exp.Expression:
         if source.table:
             return exp.to_table(source.table, dialect="duckdb")
-        path = str(source_path(source, self.root))
         reader = exp.ReadParquet if source.format == "parquet" else exp.ReadCSV
-        return exp.Table(this=reader(expressions=[exp.Literal.string(path)]))
+        return exp.Table(this=reader(expressions=[source_path_expression(source)]))
 
     def prepare_sources(self, sources: Sequence[SourceConfig]) -> list[str]:
         for source in sources:
@@ -200,6 +203,18 @@ class DuckDBEngine(SchemaDDL):
 
 
 _GLOB = "*?["
+ROOT_VARIABLE = "fsql_root"
+
+
+def source_path_expression(source: SourceConfig) -> exp.Expression:
+    """The path a view reads: an absolute path as written, a relative one under the project folder of
+    the connection that runs the view (``fsql_root``, or the working directory in a bare console)."""
+    assert source.path is not None
+    path = Path(source.path)
+    if path.is_absolute():
+        return exp.Literal.string(str(path))
+    root = exp.func("coalesce", exp.func("getvariable", exp.Literal.string(ROOT_VARIABLE)), exp.Literal.string("."))
+    return exp.DPipe(this=root, expression=exp.Literal.string("/" + path.as_posix()), safe=True)
 
 
 def source_path(source: SourceConfig, root: Path) -> Path:

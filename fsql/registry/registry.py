@@ -1040,6 +1040,18 @@ class RegistryTransaction:
             catalog.record_revisions(conn, project, git_commit, _now())
             return result
 
+    def reset_watermarks(self, views: Iterable[str]) -> None:
+        """Forget the watermarks of every version of ``views``, so the next materialization recomputes
+        them: what the online store holds was computed from files the views no longer read."""
+        ms = t.materialization_state
+        names = sorted(set(views))
+        if not names:
+            return
+        with self._registry._errors("write"):
+            conn = self._connection()
+            for chunk in _chunks(names):
+                conn.execute(ms.update().where(ms.c.view.in_(chunk)).values(watermark=None))
+
 
 # --------------------------------------------------------------------------------------------------
 # apply
