@@ -33,6 +33,7 @@ class DuckDBEngine(SchemaDDL):
     dialect = "duckdb"
     # DuckDB's ASOF join needs no index: training sets read the live views.
     persists_history = False
+    reads_files_in_place = True
 
     def __init__(self, path: str | Path | None, schema: str, root: Path, *, read_only: bool = False,
                  sources: Sequence[SourceConfig] | None = None) -> None:

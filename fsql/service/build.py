@@ -121,7 +121,9 @@ def build(
     try:
         with ctx.registry.transaction() as tx, engine.transaction():
             project, compiled, lineage, loaded = builder.run(existing, missing)
-            locations = ctx.config.source_locations()
+            # Where an engine copied the files at build, the copy is what its views read, wherever the
+            # files lie now (it reloads them when they change): only in-place readers compare.
+            locations = ctx.config.source_locations() if engine.reads_files_in_place else None
             changes = diff_definitions(project, snapshot.view_definitions, snapshot.training_set_definitions,
                                        locations=locations, recorded=snapshot.source_locations)
             _note_missing(changes, missing)
