@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
+from conftest import POSTGRES_URL
 
 from fsql import Store
 from fsql.errors import EngineError, FsqlError
@@ -202,3 +203,20 @@ def test_the_project_folder_variable_cannot_widen_the_locked_down_access(built: 
         frame = store.query("SELECT sum(amount) AS total FROM spend")
         assert frame.to_dicts() == [{"total": 3.0}]
     assert pl.read_parquet(elsewhere / "data" / "events.parquet")["amount"].sum() == 21.0
+
+
+def test_postgres_reads_the_copy_it_loaded_so_a_move_changes_no_plan(tmp_path: Path, pg_schema: str) -> None:
+    """PostgreSQL views read the tables a build loaded the files into: where the files lie does not
+    change what they read, and builds from several checkouts of one registry must not fight."""
+    warehouse = {"engine": "postgres", "url": POSTGRES_URL, "schema": pg_schema}
+    root = make_project(tmp_path / "original")
+    with Store(root, warehouse=warehouse) as store:
+        store.build()
+        store.materialize(end=END)
+    moved = tmp_path / "moved"
+    root.rename(moved)
+    with Store(moved, warehouse=warehouse) as store:
+        assert not store.plan().pending
+        store.build()
+        assert [r.outcome for r in store.materialize(end=END)] == ["skipped", "skipped"]  # watermarks kept
+        assert offline(store) == {1: (1.0, 10.0), 2: (2.0, 20.0)}
