@@ -220,3 +220,42 @@ def test_postgres_reads_the_copy_it_loaded_so_a_move_changes_no_plan(tmp_path: P
         store.build()
         assert [r.outcome for r in store.materialize(end=END)] == ["skipped", "skipped"]  # watermarks kept
         assert offline(store) == {1: (1.0, 10.0), 2: (2.0, 20.0)}
+
+
+def test_a_registry_from_before_locations_and_run_owners_upgrades_in_place(built: Path) -> None:
+    """Revision 0003 on a registry holding rows: they survive with no location and no run owner, an
+    old 'running' run is left alone (its process cannot be judged), and the next build records where
+    the sources resolve."""
+    from alembic import command
+    from alembic.config import Config
+
+    from fsql.registry import Registry
+    from fsql.registry.registry import HEAD_REVISION, MIGRATIONS_DIR
+
+    url = f"sqlite:///{built / '.fsql' / 'registry.db'}"
+    with Store(built) as store:
+        version = store.definition("spend").version
+        store._ctx.registry.start_run("spend", version, None, END)  # left running, like an old crash
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0002")
+    with engine.connect() as conn:
+        assert "location" not in {c["name"] for c in sa.inspect(conn).get_columns("sources")}
+        runs_before = conn.execute(sa.text("SELECT id, outcome FROM materialization_runs WHERE view = 'spend' ORDER BY id")).all()
+    engine.dispose()
+
+    with Registry.open(url) as reg:
+        assert reg.migrated and reg.current_revision() == (HEAD_REVISION,)
+        runs = reg.runs("spend")
+        assert sorted((r.id, r.outcome) for r in runs) == [tuple(r) for r in runs_before]
+        assert all(r.pid is None and r.host is None for r in runs)
+        assert reg.fail_interrupted_runs() == []
+        assert reg.snapshot().source_locations == {"events": None, "parts": None}
+    with Store(built) as store:
+        assert {c.name for c in store.plan().pending} == {"events", "parts"}
+        store.build()
+        assert store._ctx.registry.snapshot().source_locations == {
+            "events": str(built / "data" / "events.parquet"), "parts": str(built / "data" / "parts" / "*.parquet")}
