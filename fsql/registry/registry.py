@@ -430,9 +430,19 @@ def _script_revisions() -> tuple[frozenset[str], frozenset[str]]:
     return frozenset(s.revision for s in script.walk_revisions()), frozenset(script.get_heads())
 
 
+# Linux's PID namespace of the host itself (PROC_PID_INIT_INO): processes outside it are in a container.
+_INIT_PID_NAMESPACE = 0xEFFFFFFC
+
+
 def this_host() -> str:
-    """How runs name the machine they ran on."""
-    return socket.gethostname()
+    """Where a run's pid means something: the host name, plus the PID namespace inside a container
+    (containers may share the host's name, with host networking, but not its pids)."""
+    name = socket.gethostname()
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return name  # not Linux: one namespace per host
+    return name if namespace == _INIT_PID_NAMESPACE else f"{name} (pid namespace {namespace})"
 
 
 def _process_alive(pid: int, since: datetime) -> bool:
