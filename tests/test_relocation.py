@@ -174,7 +174,8 @@ def test_a_registry_without_recorded_locations_gets_its_views_recreated(built: P
         conn.execute(sa.text("UPDATE sources SET location = NULL"))
     registry.dispose()
     with Store(built) as store:
-        with pytest.raises(EngineError, match="disabled by configuration"):  # the old folder is not a source
+        # the old folder is not a source: refused, with what to do
+        with pytest.raises(EngineError, match="disabled by configuration.*moved, run `fsql build`"):
             store.training_set("labels")
         reasons = {c.name: c.reasons[0] for c in store.plan().pending}
         assert "did not record" in reasons["events"]

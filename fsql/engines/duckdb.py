@@ -119,7 +119,7 @@ class DuckDBEngine(SchemaDDL):
         try:
             return self.con.execute(sql, list(params) if params else None)
         except duckdb.Error as e:
-            raise EngineError(f"DuckDB: {str(e).splitlines()[0]}") from e
+            raise _duckdb_error(e) from e
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
         self._run(sql, params)
@@ -129,7 +129,7 @@ class DuckDBEngine(SchemaDDL):
         try:
             return self.con.sql(sql, params=list(params) if params else None)
         except duckdb.Error as e:
-            raise EngineError(f"DuckDB: {str(e).splitlines()[0]}") from e
+            raise _duckdb_error(e) from e
 
     def arrow(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
         return self.batch_reader(sql, params).read_all()
@@ -141,14 +141,14 @@ class DuckDBEngine(SchemaDDL):
                 return relation.to_arrow_reader(batch_size)
             return relation.record_batch(batch_size)  # DuckDB < 1.4
         except duckdb.Error as e:
-            raise EngineError(f"DuckDB: {str(e).splitlines()[0]}") from e
+            raise _duckdb_error(e) from e
 
     def batches(self, sql: str, params: Sequence[Any] | None = None, batch_size: int = 50_000) -> Iterator[pa.RecordBatch]:
         reader = self.batch_reader(sql, params, batch_size)
         try:
             yield from reader
         except duckdb.Error as e:
-            raise EngineError(f"DuckDB: {str(e).splitlines()[0]}") from e
+            raise _duckdb_error(e) from e
 
     def describe(self, sql: str) -> list[Column]:
         return columns_of(self.arrow(f"SELECT * FROM ({sql}) AS __fsql_describe LIMIT 0").schema)
@@ -201,6 +201,16 @@ class DuckDBEngine(SchemaDDL):
 
     def close(self) -> None:
         self.con.close()
+
+
+def _duckdb_error(error: duckdb.Error) -> EngineError:
+    message = f"DuckDB: {str(error).splitlines()[0]}"
+    if isinstance(error, duckdb.PermissionException):
+        # The lock-down refused a file: a view built elsewhere (an older fsql stored absolute paths),
+        # or SQL reaching past the declared sources.
+        return EngineError(message, hint="only declared sources can be read; if the project was copied or "
+                                         "moved, run `fsql build` to recreate its views")
+    return EngineError(message)
 
 
 _GLOB = "*?["
