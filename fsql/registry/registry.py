@@ -452,8 +452,9 @@ def _process_alive(pid: int, since: datetime) -> bool:
         process = psutil.Process(pid)
         if process.status() == psutil.STATUS_ZOMBIE:
             return False
-        # Process start times are rounded to clock ticks: allow a second of slack.
-        return process.create_time() <= since.timestamp() + 1.0
+        # Start times derive from the boot time, which moves when the wall clock is stepped: a few
+        # seconds of slack err towards leaving a live run alone (a pid is seldom reused that fast).
+        return process.create_time() <= since.timestamp() + 5.0
     except psutil.NoSuchProcess:
         return False
     except psutil.Error:
