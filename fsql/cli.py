@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -376,6 +377,10 @@ def _parse_time(value: str | None, what: str) -> datetime | None:
                            hint="e.g. 2026-01-31 or 2026-01-31T12:00:00+00:00 (naive times are UTC)") from None
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 @app.command()
 @handles_errors
 def materialize(
@@ -390,6 +395,8 @@ def materialize(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     window = {"start": _parse_time(start, "--start"), "end": _parse_time(end, "--end")}
+    # `kill` (SIGTERM) unwinds like Ctrl-C, so the run in progress is recorded as failed at once.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with _store(project) as store:
         began = time.perf_counter()
         if sys.stderr.isatty() and not as_json:
@@ -420,6 +427,30 @@ def materialize(
         count = len(results)
         typer.echo(f"materialized {count} view{'' if count == 1 else 's'}, {total:,} rows "
                    f"in {time.perf_counter() - began:.2f}s")
+
+
+@app.command("runs")
+@handles_errors
+def runs_(
+    view: Annotated[str, typer.Argument(help="A feature view.")],
+    limit: Annotated[int, typer.Option("--limit", "-n", help="How many runs, newest first.")] = 20,
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """The view's latest materialization runs: outcome, rows, window, who ran it, and why one failed."""
+    with _store(project) as store:
+        store.definition(view)  # an unknown name is an error, not an empty list
+        records = store.runs(view, limit=limit)
+    if as_json:
+        _json(records)
+        return
+    if not records:
+        typer.echo(f"no materialization runs of {view} yet: run `fsql materialize {view}`")
+    for run in records:
+        rows = f"{run.rows:,} rows" if run.rows is not None else "-"
+        who = f"pid {run.pid} on {run.host}" if run.pid is not None else ""
+        error = f"  {run.error}" if run.error else ""
+        typer.echo(f"  {run.id:<6} {run.outcome:<8} {run.started_at:%Y-%m-%d %H:%M:%S}  {rows:>14}  {who}{error}")
 
 
 @app.command()

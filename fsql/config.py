@@ -197,6 +197,11 @@ class Config:
         p = Path(relative)
         return p if p.is_absolute() else self.root / p
 
+    def source_locations(self) -> dict[str, str | None]:
+        """Where each file source resolves from this project's folder (None for a table source): the
+        registry keeps it, so a build notices a project that was copied or moved."""
+        return {name: str(self.resolve(s.path)) if s.path else None for name, s in self.sources.items()}
+
 
 # The keys each section accepts; named sub-tables ([entities.X], [sources.X], [models.X]) take theirs.
 _SECTIONS: dict[str, set[str]] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import polars as pl
 
 from fsql.config import Config
 from fsql.definitions import FeatureView, Model, PitMode, TrainingSet, output_names, parse_ref
-from fsql.errors import NotFoundError, RequestError, did_you_mean
+from fsql.errors import NotFoundError, RegistryError, RequestError, did_you_mean
 from fsql.registry import LineageGraph, RunRecord, SearchHit, TrainingSetRecord, ViewRecord, ViewVersion
 from fsql.registry.catalog import FeatureLineage, RankedHit, Revision, StatsRecord, VersionDiff, version_diff
 from fsql.service import build as build_service
@@ -182,7 +183,15 @@ class Store:
         return self._ctx.registry.search(text)
 
     def runs(self, view: str, *, limit: int = 20) -> list[RunRecord]:
+        """The view's latest materialization runs, newest first; runs whose process on this machine
+        died are marked failed first, so none shows 'running' forever."""
+        self._fail_interrupted_runs()
         return self._ctx.registry.runs(view, limit=limit)
+
+    def _fail_interrupted_runs(self) -> None:
+        # Best effort: a listing must still work for a role that may only read the registry.
+        with suppress(RegistryError):
+            self._ctx.registry.fail_interrupted_runs()
 
     def history(self, view: str) -> list[ViewVersion]:
         return self._ctx.registry.view_history(view)
@@ -215,6 +224,7 @@ class Store:
     # Catalog: history and diffs, feature lineage, ranked search, statistics, rules ---------------------
     def revisions(self, name: str) -> list[Revision]:
         """Every revision of a view or training set (metadata-only edits too), oldest first."""
+        self._fail_interrupted_runs()  # the revisions list their runs
         return self._ctx.registry.history(name)
 
     def diff(self, name: str, old: str | None = None, new: str | None = None) -> VersionDiff:

@@ -83,6 +83,8 @@ def connect(project: Path, warehouse: bool = True) -> duckdb.DuckDBPyConnection:
     project's DuckDB warehouse attached read-only as ``wh``."""
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    # The views read source paths under the project folder this variable names (as fsql sets it).
+    con.execute("SET VARIABLE fsql_root = ?", [str(project)])
     for source in SOURCES:
         con.read_parquet(str(project / "data" / f"{source}.parquet")).create_view(f"ref_{source}")
     if warehouse:

@@ -166,6 +166,7 @@ def test_compile_prints_sql_for_every_dialect(project: Path) -> None:
             # The printed SQL is what runs: executed on the warehouse, it gives the training set.
             con = duckdb.connect(str(project / ".fsql" / "warehouse.duckdb"), read_only=True)
             con.execute("SET TimeZone = 'UTC'")
+            con.execute("SET VARIABLE fsql_root = ?", [str(project)])
             problem = multiset_diff(con.sql("SELECT * FROM fsql.churn").fetchall(), con.sql(result.stdout).fetchall())
             con.close()
             assert problem is None, problem

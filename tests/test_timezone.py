@@ -159,6 +159,7 @@ def test_latest_views_read_the_same_in_any_session_time_zone(tmp_path: Path, eng
     if engine == "duckdb":
         con = duckdb.connect(str(root / ".fsql" / "warehouse.duckdb"), read_only=True)
         con.execute("SET TimeZone = 'America/New_York'")
+        con.execute("SET VARIABLE fsql_root = ?", [str(root)])  # the folder the views read sources under
         rows = con.execute("SELECT x FROM fsql.naive__latest").fetchall()
         con.close()
     else:

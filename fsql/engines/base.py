@@ -67,6 +67,9 @@ class Engine(Protocol):
     persists_history: bool
     # materialization upserts from the engine's workers (write_partitions), not through the driver
     writes_from_workers: bool
+    # the views read file sources where they lie (not a copy loaded at build): a project copied or
+    # moved to another folder reads other files, which a build must notice
+    reads_files_in_place: bool
 
     def transaction(self) -> AbstractContextManager[None]: ...
 
@@ -157,6 +160,8 @@ class SchemaDDL:
     drop_cascades = False
     # single-process engines write the online store from the driver (see Engine.writes_from_workers)
     writes_from_workers = False
+    # file sources are copied into the warehouse at build (see Engine.reads_files_in_place)
+    reads_files_in_place = False
     # `execute` and `list_relations` come from the engine class itself
 
     def _qualified(self, name: str) -> str:

@@ -4,6 +4,11 @@ Once the declared sources are known the connection is locked down (``lock_down``
 ``enable_external_access = false`` with only the source files (and the folders of glob sources)
 allowed, so no query, whatever slipped past the feature-file checks, can read or write another file,
 load an extension or reach the network. The setting cannot be turned back on for the connection.
+
+The generated views read a relative source path from the project folder, which every connection
+names in the variable ``fsql_root``: a copied or moved project (warehouse file included) reads its own
+files, not the original's. DuckDB's ``file_search_path`` would not do, since it looks in the working
+directory first. A DuckDB console without the variable reads the paths from its working directory.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class DuckDBEngine(SchemaDDL):
     dialect = "duckdb"
     # DuckDB's ASOF join needs no index: training sets read the live views.
     persists_history = False
+    reads_files_in_place = True
 
     def __init__(self, path: str | Path | None, schema: str, root: Path, *, read_only: bool = False,
                  sources: Sequence[SourceConfig] | None = None) -> None:
@@ -48,10 +54,9 @@ class DuckDBEngine(SchemaDDL):
                 hint="another process is writing to it (a build?); retry when it is done",
             ) from None
         self.con.execute("SET TimeZone = 'UTC'")
+        # A parameter, never a literal: the folder's name is user data.
+        self.con.execute(f"SET VARIABLE {ROOT_VARIABLE} = ?", [str(root)])
         self._depth = 0
-        self.locked = False
-        if sources is not None:
-            self.lock_down(sources)
         self.locked = False
         if sources is not None:
             self.lock_down(sources)
@@ -114,7 +119,7 @@ class DuckDBEngine(SchemaDDL):
         try:
             return self.con.execute(sql, list(params) if params else None)
         except duckdb.Error as e:
-            raise EngineError(f"DuckDB: {str(e).splitlines()[0]}") from e
+            raise _duckdb_error(e) from e
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
         self._run(sql, params)
@@ -124,7 +129,7 @@ class DuckDBEngine(SchemaDDL):
         try:
             return self.con.sql(sql, params=list(params) if params else None)
         except duckdb.Error as e:
-            raise EngineError(f"DuckDB: {str(e).splitlines()[0]}") from e
+            raise _duckdb_error(e) from e
 
     def arrow(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
         return self.batch_reader(sql, params).read_all()
@@ -136,14 +141,14 @@ class DuckDBEngine(SchemaDDL):
                 return relation.to_arrow_reader(batch_size)
             return relation.record_batch(batch_size)  # DuckDB < 1.4
         except duckdb.Error as e:
-            raise EngineError(f"DuckDB: {str(e).splitlines()[0]}") from e
+            raise _duckdb_error(e) from e
 
     def batches(self, sql: str, params: Sequence[Any] | None = None, batch_size: int = 50_000) -> Iterator[pa.RecordBatch]:
         reader = self.batch_reader(sql, params, batch_size)
         try:
             yield from reader
         except duckdb.Error as e:
-            raise EngineError(f"DuckDB: {str(e).splitlines()[0]}") from e
+            raise _duckdb_error(e) from e
 
     def describe(self, sql: str) -> list[Column]:
         return columns_of(self.arrow(f"SELECT * FROM ({sql}) AS __fsql_describe LIMIT 0").schema)
@@ -151,9 +156,8 @@ class DuckDBEngine(SchemaDDL):
     def source_relation(self, source: SourceConfig) -> exp.Expression:
         if source.table:
             return exp.to_table(source.table, dialect="duckdb")
-        path = str(source_path(source, self.root))
         reader = exp.ReadParquet if source.format == "parquet" else exp.ReadCSV
-        return exp.Table(this=reader(expressions=[exp.Literal.string(path)]))
+        return exp.Table(this=reader(expressions=[source_path_expression(source)]))
 
     def prepare_sources(self, sources: Sequence[SourceConfig]) -> list[str]:
         for source in sources:
@@ -199,7 +203,29 @@ class DuckDBEngine(SchemaDDL):
         self.con.close()
 
 
+def _duckdb_error(error: duckdb.Error) -> EngineError:
+    message = f"DuckDB: {str(error).splitlines()[0]}"
+    if isinstance(error, duckdb.PermissionException):
+        # The lock-down refused a file: a view built elsewhere (an older fsql stored absolute paths),
+        # or SQL reaching past the declared sources.
+        return EngineError(message, hint="only declared sources can be read; if the project was copied or "
+                                         "moved, run `fsql build` to recreate its views")
+    return EngineError(message)
+
+
 _GLOB = "*?["
+ROOT_VARIABLE = "fsql_root"
+
+
+def source_path_expression(source: SourceConfig) -> exp.Expression:
+    """The path a view reads: an absolute path as written, a relative one under the project folder of
+    the connection that runs the view (``fsql_root``, or the working directory in a bare console)."""
+    assert source.path is not None
+    path = Path(source.path)
+    if path.is_absolute():
+        return exp.Literal.string(str(path))
+    root = exp.func("coalesce", exp.func("getvariable", exp.Literal.string(ROOT_VARIABLE)), exp.Literal.string("."))
+    return exp.DPipe(this=root, expression=exp.Literal.string("/" + path.as_posix()), safe=True)
 
 
 def source_path(source: SourceConfig, root: Path) -> Path:

@@ -95,6 +95,7 @@ class SparkEngine:
     dialect = "spark"
     # No indexes to keep: training sets read the live views through the timeline plan.
     persists_history = False
+    reads_files_in_place = True
     # partitions of a query can be written by the executors (see write_partitions)
     writes_from_workers = True
 

@@ -9,6 +9,11 @@ types included), so what plan announces is what build does. A change is one of:
 - ``updated``: the same version with new metadata (owner, tags, descriptions): always compatible;
 - ``unchanged``.
 
+A file source that resolves to another file than at the last build (the project was copied or moved)
+is a ``source`` change ``updated``: build recreates the views so they read the files found now, and
+forgets the watermarks of the views reading it (the online store holds values computed from the other
+files), so the next materialization recomputes them.
+
 Each change also lists its columns with a verdict (``column_changes``): a removed or retyped column is
 breaking, an added column or new description compatible, and a changed expression breaking unless the
 queries differ only in formatting, which is judged on the normalized sqlglot trees (identifier case,
@@ -18,6 +23,7 @@ whitespace, keyword case and comments do not count).
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,7 +35,7 @@ from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 from fsql.definitions import FeatureView, Project, TrainingSet
 
 Action = Literal["added", "changed", "updated", "removed", "unchanged"]
-Kind = Literal["feature_view", "training_set"]
+Kind = Literal["feature_view", "training_set", "source"]
 
 
 ColumnAction = Literal["added", "removed", "retyped", "expression", "described"]
@@ -64,11 +70,30 @@ def diff_definitions(
     project: Project,
     views: dict[str, FeatureView],
     training_sets: dict[str, TrainingSet],
+    *,
+    locations: Mapping[str, str | None] | None = None,
+    recorded: Mapping[str, str | None] | None = None,
 ) -> list[Change]:
-    """Changes that applying ``project`` makes to a registry holding ``views`` and ``training_sets``."""
+    """Changes that applying ``project`` makes to a registry holding ``views`` and ``training_sets``;
+    ``locations`` (where the file sources resolve now) is compared with ``recorded`` (where they
+    resolved at the last build; a source missing from it was never built)."""
     changes: list[Change] = []
+    changes += _relocated(locations or {}, recorded or {})
     changes += _diff_kind("feature_view", project.views, views, _view_changes)
     changes += _diff_kind("training_set", project.training_sets, training_sets, _set_changes)
+    return changes
+
+
+def _relocated(locations: Mapping[str, str | None], recorded: Mapping[str, str | None]) -> list[Change]:
+    changes = []
+    for name, now in locations.items():
+        if now is None or name not in recorded or recorded[name] == now:
+            continue
+        before = recorded[name]
+        reason = (f"now read from {now} (was {before})" if before is not None
+                  else f"now read from {now} (the last build did not record where)")
+        changes.append(Change("source", name, "updated",
+                              reasons=[reason, "views reading it are recomputed by the next materialize"]))
     return changes
 
 

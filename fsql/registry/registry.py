@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.resources
+import os
+import socket
 import types
 import typing
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -26,6 +28,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import psutil
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine
@@ -222,6 +225,9 @@ class RegistrySnapshot(_Record):
     view_definitions: dict[str, FeatureView]
     training_set_definitions: dict[str, TrainingSet]
     model_definitions: dict[str, Model]
+    # name -> the absolute path a file source resolved to at the last build (None: a table source, or
+    # a registry written before locations were recorded)
+    source_locations: dict[str, str | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -317,6 +323,8 @@ class RunRecord(_Record):
     error: str | None
     started_at: datetime
     finished_at: datetime | None
+    pid: int | None = None  # the process that ran it, on ``host``
+    host: str | None = None
 
 
 @dataclass(frozen=True)
@@ -409,7 +417,7 @@ def _lock_key(name: str) -> int:
 
 # The newest migration. Checked against the migration scripts by a test, so the fast path of
 # ``Registry.open`` can compare it with the database without importing Alembic (a quarter second).
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 VERSION_TABLE = "alembic_version"
 
 
@@ -420,6 +428,37 @@ def _script_revisions() -> tuple[frozenset[str], frozenset[str]]:
 
     script = ScriptDirectory(str(MIGRATIONS_DIR))
     return frozenset(s.revision for s in script.walk_revisions()), frozenset(script.get_heads())
+
+
+# Linux's PID namespace of the host itself (PROC_PID_INIT_INO): processes outside it are in a container.
+_INIT_PID_NAMESPACE = 0xEFFFFFFC
+
+
+def this_host() -> str:
+    """Where a run's pid means something: the host name, plus the PID namespace inside a container
+    (containers may share the host's name, with host networking, but not its pids)."""
+    name = socket.gethostname()
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return name  # not Linux: one namespace per host
+    return name if namespace == _INIT_PID_NAMESPACE else f"{name} (pid namespace {namespace})"
+
+
+def _process_alive(pid: int, since: datetime) -> bool:
+    """Whether process ``pid`` of this host exists, is not a zombie, and is the one that was running at
+    ``since`` (a pid reused by a process started later is another process)."""
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        # Start times derive from the boot time, which moves when the wall clock is stepped: a few
+        # seconds of slack err towards leaving a live run alone (a pid is seldom reused that fast).
+        return process.create_time() <= since.timestamp() + 5.0
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True  # it exists but cannot be inspected (another user's): assume it lives
 
 
 def _chunks(items: Sequence[_T], size: int = 400) -> Iterator[Sequence[_T]]:
@@ -672,10 +711,12 @@ class Registry:
         compiled: Mapping[str, Mapping[str, str]] | None = None,
         lineage: Sequence[LineageEdge] = (),
         git_commit: str | None = None,
+        source_locations: Mapping[str, str | None] | None = None,
     ) -> ApplyResult:
         """Make the registry match ``project`` in one transaction; see ``RegistryTransaction.apply``."""
         with self.transaction() as tx:
-            return tx.apply(project, compiled=compiled, lineage=lineage, git_commit=git_commit)
+            return tx.apply(project, compiled=compiled, lineage=lineage, git_commit=git_commit,
+                            source_locations=source_locations)
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -856,6 +897,8 @@ class Registry:
                     interval_end=end,
                     outcome="running",
                     started_at=_now(),
+                    pid=os.getpid(),
+                    host=this_host(),
                 )
             )
             return int(result.inserted_primary_key[0])
@@ -912,6 +955,40 @@ class Registry:
             final = conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().one()
             return _run_record(final)
 
+    def fail_interrupted_runs(self) -> list[RunRecord]:
+        """Mark failed the runs still 'running' whose process on this host is gone (killed, crashed,
+        the machine restarted), and return them.
+
+        Only runs started on this host are judged: whether a process on another machine lives cannot
+        be told from here, so those stay as they are until a command on their own host looks. A pid
+        taken by a newer process counts as gone (the process started after the run did).
+        """
+        runs = t.materialization_runs
+        host = this_host()
+        with self._errors("read"), self._read() as conn:
+            candidates = conn.execute(
+                sa.select(runs.c.id, runs.c.pid, runs.c.started_at)
+                .where(runs.c.outcome == "running", runs.c.host == host, runs.c.pid.is_not(None))
+            ).all()
+        gone = [(run_id, pid) for run_id, pid, started in candidates if not _process_alive(pid, started)]
+        if not gone:
+            return []
+        failed = []
+        with self._errors("write"), self._begin(write=True) as conn:
+            now = _now()
+            for run_id, pid in gone:
+                run = conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().one()
+                updated = conn.execute(
+                    runs.update()
+                    .where(runs.c.id == run_id, runs.c.outcome == "running")  # another sweep may have won
+                    .values(outcome="failed", error=f"interrupted: process {pid} on {host} is gone",
+                            finished_at=now, duration_s=(now - run["started_at"]).total_seconds())
+                ).rowcount
+                if updated:
+                    final = conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().one()
+                    failed.append(_run_record(final))
+        return failed
+
     def runs(self, view: str, version: str | None = None, limit: int = 20) -> list[RunRecord]:
         """The latest runs of a view (of one version when given), newest first."""
         runs = t.materialization_runs
@@ -948,6 +1025,7 @@ class RegistryTransaction:
         compiled: Mapping[str, Mapping[str, str]] | None = None,
         lineage: Sequence[LineageEdge] = (),
         git_commit: str | None = None,
+        source_locations: Mapping[str, str | None] | None = None,
     ) -> ApplyResult:
         """Make the registry's definitions match ``project``.
 
@@ -958,6 +1036,7 @@ class RegistryTransaction:
         training sets; table-level edges are derived from ``depends_on``. Materialization state is never
         touched. Every view or training set whose definition differs from its last revision gets a new
         revision stamped with ``git_commit`` (the project's commit, when it is a git repository).
+        ``source_locations`` records where each file source resolved (kept as it was when None).
         """
         conn = self._connection()
         _validate(project, compiled or {}, lineage)
@@ -966,11 +1045,23 @@ class RegistryTransaction:
                 # Two builds of one registry serialize here instead of failing on duplicate keys.
                 key = _lock_key(f"fsql.registry.apply:{self._registry._pg_schema}")
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
-            result = _apply(conn, project, compiled or {}, lineage, _now())
+            result = _apply(conn, project, compiled or {}, lineage, _now(), source_locations)
             from fsql.registry import catalog
 
             catalog.record_revisions(conn, project, git_commit, _now())
             return result
+
+    def reset_watermarks(self, views: Iterable[str]) -> None:
+        """Forget the watermarks of every version of ``views``, so the next materialization recomputes
+        them: what the online store holds was computed from files the views no longer read."""
+        ms = t.materialization_state
+        names = sorted(set(views))
+        if not names:
+            return
+        with self._registry._errors("write"):
+            conn = self._connection()
+            for chunk in _chunks(names):
+                conn.execute(ms.update().where(ms.c.view.in_(chunk)).values(watermark=None))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1028,6 +1119,7 @@ def _apply(
     compiled: Mapping[str, Mapping[str, str]],
     lineage: Sequence[LineageEdge],
     now: datetime,
+    source_locations: Mapping[str, str | None] | None = None,
 ) -> ApplyResult:
     _sync_project(conn, project, now)
     entities = _sync_named(
@@ -1043,7 +1135,8 @@ def _apply(
         conn,
         t.sources,
         {
-            s.name: {"spec": to_json(s), "description": s.description, "fingerprint": source_fingerprint(s)}
+            s.name: {"spec": to_json(s), "description": s.description, "fingerprint": source_fingerprint(s),
+                     **({"location": source_locations.get(s.name)} if source_locations is not None else {})}
             for s in project.sources.values()
         },
         now,
@@ -1403,6 +1496,7 @@ def _snapshot(conn: Connection) -> RegistrySnapshot:
         view_definitions={n: from_json(FeatureView, r["definition"]) for n, r in views.items()},
         training_set_definitions={n: from_json(TrainingSet, r["definition"]) for n, r in sets.items()},
         model_definitions={n: from_json(Model, r["spec"]) for n, r in models.items()},
+        source_locations={n: r["location"] for n, r in sources.items()},
     )
 
 
@@ -1512,6 +1606,8 @@ def _run_record(r: Mapping[str, Any]) -> RunRecord:
         error=r["error"],
         started_at=r["started_at"],
         finished_at=r["finished_at"],
+        pid=r["pid"],
+        host=r["host"],
     )
 
 

@@ -96,6 +96,9 @@ sources = sa.Table(
     sa.Column("spec", JSONType, nullable=False),
     sa.Column("description", sa.Text(), nullable=True),
     sa.Column("fingerprint", HASH, nullable=False),
+    # The absolute path a file source resolved to at the last build: a copied or moved project
+    # resolves it elsewhere, which the next build reports and acts on.
+    sa.Column("location", sa.Text(), nullable=True),
     *_lifecycle(),
 )
 
@@ -231,6 +234,9 @@ materialization_runs = sa.Table(
     sa.Column("error", sa.Text(), nullable=True),
     sa.Column("started_at", UTCDateTime(), nullable=False),
     sa.Column("finished_at", UTCDateTime(), nullable=True),
+    # The process that runs it, so a later command can tell a run whose process died from a live one.
+    sa.Column("pid", sa.Integer(), nullable=True),
+    sa.Column("host", NAME, nullable=True),
     sa.ForeignKeyConstraint(["view", "version"], ["view_versions.view", "view_versions.version"]),
     sa.CheckConstraint("outcome IN ('running', 'success', 'failed')", name="outcome"),
     sa.Index(None, "view", "version", "id"),

@@ -121,7 +121,11 @@ def build(
     try:
         with ctx.registry.transaction() as tx, engine.transaction():
             project, compiled, lineage, loaded = builder.run(existing, missing)
-            changes = diff_definitions(project, snapshot.view_definitions, snapshot.training_set_definitions)
+            # Where an engine copied the files at build, the copy is what its views read, wherever the
+            # files lie now (it reloads them when they change): only in-place readers compare.
+            locations = ctx.config.source_locations() if engine.reads_files_in_place else None
+            changes = diff_definitions(project, snapshot.view_definitions, snapshot.training_set_definitions,
+                                       locations=locations, recorded=snapshot.source_locations)
             _note_missing(changes, missing)
             models_changed = {n: model_fingerprint(m) for n, m in project.models.items()} != snapshot.models
             nothing = (not force and not missing and not models_changed
@@ -130,11 +134,26 @@ def build(
                                  training_sets=list(project.training_sets), reloaded=loaded, missing=missing)
             if dry_run or (nothing and not loaded):
                 raise _RollBack
-            tx.apply(project, compiled=compiled, lineage=lineage, git_commit=head_commit(ctx.config.root))
+            tx.apply(project, compiled=compiled, lineage=lineage, git_commit=head_commit(ctx.config.root),
+                     source_locations=locations)
+            tx.reset_watermarks(_reading(project.views, {c.name for c in changes if c.kind == "source"}))
     except _RollBack:
         pass
     assert result is not None
     return result
+
+
+def _reading(views: dict[str, FeatureView], sources: set[str]) -> set[str]:
+    """The views that read any of ``sources``, directly or through other views."""
+    found: set[str] = set()
+    grew = True
+    while grew:
+        grew = False
+        for name, view in views.items():
+            if name not in found and any(d in sources or d in found for d in view.depends_on):
+                found.add(name)
+                grew = True
+    return found
 
 
 class _Builder:

@@ -73,6 +73,8 @@ def materialize(
     ``start``/``end`` backfill a window (newer stored values are never overwritten).
     """
     views = ctx.definitions().require_built().views
+    # Runs left 'running' by a process that died (kill -9, a crash) are failed now, not forever.
+    ctx.registry.fail_interrupted_runs()
     selected = list(names) if names else list(views)
     for name in selected:
         if name not in views:
@@ -112,8 +114,10 @@ def _materialize_view(ctx: Context, view: FeatureView, *, full: bool, start: dat
     except FsqlError as e:
         registry.finish_run(run_id, rows=0, outcome="failed", error=str(e))
         raise MaterializationError(f"refreshing the history of '{view.name}' failed: {e}", cause=e) from e
+    except BaseException as e:
+        registry.finish_run(run_id, rows=0, outcome="failed", error=failure_reason(e))
+        raise
     rows = 0
-    schema = _online_schema(view, table)
     # A recompute (--full, or a store that lost this version's data) writes a fresh generation that
     # readers switch to atomically: entities whose rows vanished stop being served, and a correction
     # that ranks lower than the value it replaces still replaces it.
@@ -124,6 +128,7 @@ def _materialize_view(ctx: Context, view: FeatureView, *, full: bool, start: dat
         # Redis without persistence loses every key when it restarts, and the client reconnects
         # transparently: a run that spans a restart must fail, not advance the watermark.
         instance = store.instance_id()
+        schema = _online_schema(view, table)
         if recompute:
             generation = store.begin_generation(table, as_of=end)
         sql, params = _latest_sql(ctx, view, window_start, end)
@@ -174,7 +179,7 @@ def _materialize_view(ctx: Context, view: FeatureView, *, full: bool, start: dat
         ) from e
     except BaseException as e:
         _abort(store, table, generation)
-        registry.finish_run(run_id, rows=rows, outcome="failed", error=f"{type(e).__name__}: {e}")
+        registry.finish_run(run_id, rows=rows, outcome="failed", error=failure_reason(e))
         raise
     duration = time.perf_counter() - began
     # A full recompute describes exactly `end`: its watermark replaces a later one (a run with an --end
@@ -187,6 +192,16 @@ def _materialize_view(ctx: Context, view: FeatureView, *, full: bool, start: dat
                                   end, dialect=engine.dialect)
         registry.save_stats(view.name, view.version, "latest", end, feature_stats(engine, relation, view))
     return RunResult(view.name, view.version, window_start, end, rows, duration, outcome)
+
+
+def failure_reason(error: BaseException) -> str:
+    """The one line a failed run records for an exception fsql did not raise on purpose."""
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    if isinstance(error, SystemExit):
+        return "interrupted: the process was asked to exit"
+    first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
 def _restarted() -> OnlineStoreError:
