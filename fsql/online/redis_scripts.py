@@ -216,6 +216,18 @@ return found
 """
 )
 
+# Redis Cluster (``redis_cluster``): KEYS[1]: a bucket's state key, ARGV[1]: the run ids of the masters
+# the run started on (',' separated; '' = no check), ARGV[2]: the new state. 1 = written, 0 = this
+# bucket's master is none of them (restarted or failed over): nothing written.
+SET_STATE = r"""
+if ARGV[1] ~= '' then
+  local id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+  if not id or not string.find(',' .. ARGV[1] .. ',', ',' .. id .. ',', 1, true) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""
+
 # For tests: -1, 0 or 1 as stored value ARGV[1] ranks below, level with or above ARGV[2], exactly as
 # the upsert decides.
 COMPARE_VALUES = UPSERT[: UPSERT.index("if (redis.call('GET', KEYS[1])")] + """
