@@ -26,7 +26,7 @@ from fsql.cli import app
 from fsql.config import RedisOnline, load_config
 from fsql.errors import ConfigError, FsqlError, OnlineStoreError
 from fsql.online import CREATED, EVENT_TS, OnlineTable
-from fsql.online.redis_cluster import RedisClusterOnlineStore
+from fsql.online.redis_cluster import RedisClusterOnlineStore, bucket_of
 from tests.service_adapter import Service
 
 TS = pa.timestamp("us", tz="UTC")
@@ -145,7 +145,7 @@ def test_read_is_one_mget_per_bucket_on_every_master_at_once(redis_cluster: Redi
             assert [r.values[0] for r in rows] == ids
             after = [server.command_calls() for server in redis_cluster.servers]
             calls = [{k: v - b.get(k, 0) for k, v in a.items() if v != b.get(k, 0)} for b, a in zip(before, after)]
-            buckets = {store._bucket(str(i)) for i in ids}
+            buckets = {bucket_of(str(i), store.buckets) for i in ids}
             assert sum(c.get("mget", 0) for c in calls) == len(buckets)
             assert all(set(c) <= {"mget"} for c in calls), calls
     finally:

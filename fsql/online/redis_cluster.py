@@ -160,6 +160,11 @@ def _agreed(states: list[_State]) -> tuple[_State, list[str]]:
     return agreed, sorted(everything - keep)
 
 
+def bucket_of(text: str, buckets: int = DEFAULT_BUCKETS) -> int:
+    """The bucket of an entity's key text (``encoding.key_text``)."""
+    return zlib.crc32(text.encode()) % buckets
+
+
 def _segment(generation: str) -> str:
     return "" if generation == _BASE else f"%{generation}:"
 
@@ -168,7 +173,8 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-def _seeds(url: str) -> list[str]:
+def seed_urls(url: str) -> list[str]:
+    """The seed node URLs of an ``[online] url``: comma-separated, ``redis://`` optional."""
     return [u.strip() if "://" in u else f"redis://{u.strip()}" for u in url.split(",") if u.strip()]
 
 
@@ -196,10 +202,11 @@ class RedisClusterOnlineStore:
         self._codecs = CodecCache()
         self._states: dict[str, bytes | None] = {}  # bucket state key -> raw state last seen
         self._names: dict[tuple[str, str], tuple[list[str], str]] = {}
+        self._parsed_states: dict[bytes | None, _State] = {}  # raw state -> parsed, for reads (never mutated)
         if "{" in prefix or "}" in prefix:
             raise OnlineStoreError(f"the Redis Cluster key prefix {prefix!r} contains '{{' or '}}'",
                                    hint="braces pick the hash slot of a key in a cluster: use another [online] prefix")
-        seeds = _seeds(self.url)
+        seeds = seed_urls(self.url)
         try:
             others = [ClusterNode(*self._host_port(s)) for s in seeds[1:]]
             self.client = RedisCluster(url=seeds[0], startup_nodes=others, socket_timeout=socket_timeout,
@@ -220,7 +227,7 @@ class RedisClusterOnlineStore:
         return options.get("host", "127.0.0.1"), int(options.get("port", 6379))
 
     def _shown_url(self) -> str:
-        return ",".join(redact_url(s) for s in _seeds(self.url)) or self.url
+        return ",".join(redact_url(s) for s in seed_urls(self.url)) or self.url
 
     def _fail(self, action: str, exc: Exception, hint: str | None = None) -> OnlineStoreError:
         hint = hint or "are all the cluster's masters running and is cluster_state ok? check FSQL_REDIS_URL"
@@ -242,7 +249,7 @@ class RedisClusterOnlineStore:
         return found
 
     def _bucket(self, text: str) -> int:
-        return zlib.crc32(text.encode()) % self.buckets
+        return bucket_of(text, self.buckets)
 
     def _fetch_states(self, keys: list[str]) -> list[bytes | None]:
         raw = self.client.mget_nonatomic(keys)
@@ -364,23 +371,29 @@ class RedisClusterOnlineStore:
                     groups.setdefault(self._bucket(text), []).append(i)
             prepared.append((self._codecs.get(table), spaces, texts, groups))
         for _ in range(_MAX_STALE):
-            pipe = self.client.pipeline()
+            commands: list[list[str]] = []
             sent: list[tuple[int, int, str]] = []  # (request, bucket, generation read)
             for r, (_, spaces, texts, groups) in enumerate(prepared):
-                chosen = self._choose([_State.parse(self._states.get(spaces[b][:-1])) for b in groups])
+                chosen = self._choose([self._parsed(spaces[b][:-1]) for b in groups])
                 for (b, positions), generation in zip(groups.items(), chosen, strict=True):
                     ns = spaces[b] + _segment(generation)
-                    pipe.execute_command("MGET", spaces[b][:-1], *(ns + texts[i] for i in positions))
+                    commands.append(["MGET", spaces[b][:-1], *(ns + texts[i] for i in positions)])
                     sent.append((r, b, generation))
             try:
-                raw = pipe.execute() if sent else []
+                if len(commands) == 1:  # one bucket: a plain command skips the pipeline's bookkeeping
+                    raw = [self.client.execute_command(*commands[0])]
+                else:
+                    pipe = self.client.pipeline()
+                    for command in commands:
+                        pipe.execute_command(*command)
+                    raw = pipe.execute() if commands else []
             except _ERRORS as exc:
                 raise self._fail(f"reading {sum(len(p[2]) for p in prepared)} keys", exc) from exc
             stale = False
             for (r, b, _), values in zip(sent, raw, strict=True):
                 self._states[prepared[r][1][b][:-1]] = values[0]
             for r, (_, spaces, _, groups) in enumerate(prepared):
-                chosen = self._choose([_State.parse(self._states.get(spaces[b][:-1])) for b in groups])
+                chosen = self._choose([self._parsed(spaces[b][:-1]) for b in groups])
                 used = [g for (req, _, g) in sent if req == r]
                 stale = stale or chosen != used
             if not stale:
@@ -394,6 +407,15 @@ class RedisClusterOnlineStore:
                 if value is not None:
                     rows[i] = codec.decode_row(value)
         return out
+
+    def _parsed(self, state_key: str) -> _State:
+        raw = self._states.get(state_key)
+        state = self._parsed_states.get(raw)
+        if state is None:
+            if len(self._parsed_states) > 1000:
+                self._parsed_states.clear()
+            state = self._parsed_states[raw] = _State.parse(raw)
+        return state
 
     @staticmethod
     def _choose(states: list[_State]) -> list[str]:

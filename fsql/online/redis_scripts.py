@@ -1,8 +1,8 @@
 """The Lua scripts of the Redis store (see ``redis.py`` for the key layout they work on).
 
 Every script touches one version's keys only: its state key (``KEYS[1]``) and entity keys of that
-version, all passed in ``KEYS``, so a Redis Cluster store can run them unchanged once a version's keys
-share a hash slot (a hash tag on the version namespace). Header bytes are compared one by one:
+version, all passed in ``KEYS``, so the Redis Cluster store (``redis_cluster``) runs the upsert
+unchanged on each bucket, whose keys share a hash slot. Header bytes are compared one by one:
 Lua's ``<`` on strings uses strcoll, whose order depends on the server's locale.
 """
 
