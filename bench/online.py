@@ -259,9 +259,11 @@ class PrivateCluster:
         self.ports: list[int] = []
         self.processes: list[subprocess.Popen[bytes]] = []
         for i in range(masters):
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
+            port = 65535
+            while port + 10000 > 65535:  # the cluster bus listens on port + 10000
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", 0))
+                    port = s.getsockname()[1]
             directory = work / f"node{i}"
             directory.mkdir(parents=True)
             self.ports.append(port)

@@ -20,17 +20,29 @@ import pytest
 import redis
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(bus: bool = False) -> int:
+    """A free loopback port; with ``bus``, one whose cluster bus port (port + 10000) is free too."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if not bus:
+            return port
+        if port + 10000 <= 65535:
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+            return port
 
 
 class RedisServer:
     def __init__(self, directory: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.directory = directory
         self.extra_args = extra_args
-        self.port = free_port()
+        self.cluster = "--cluster-enabled" in extra_args
+        self.port = free_port(self.cluster)
         self.started = False
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -50,7 +62,7 @@ class RedisServer:
                 return
             if self.started:  # a restart keeps its port (a cluster node is known by it)
                 break
-            self.port = free_port()  # another process took the free port first
+            self.port = free_port(self.cluster)  # another process took the free port first
         raise RuntimeError(f"redis-server did not start on port {self.port}")
 
     def _start(self, binary: str) -> bool:

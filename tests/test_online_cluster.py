@@ -222,3 +222,54 @@ def test_master_lost_mid_run_fails_the_run_and_the_next_run_converges(
     finally:
         service.close()
         expected_service.close()
+
+
+def int_batch(ids: range, x: int) -> pa.RecordBatch:
+    n = len(ids)
+    return pa.record_batch({"id": pa.array(ids, pa.int64()), EVENT_TS: pa.array([T0] * n, TS),
+                            CREATED: pa.nulls(n, TS), "x": pa.array([x] * n, pa.int64())})
+
+
+def test_a_switch_interrupted_between_buckets_is_finished_by_the_next_change(
+    redis_cluster: RedisClusterServers, redis_prefix: str
+) -> None:
+    """A committer that died after marking only some buckets: readers keep one generation (the old
+    one, which every bucket still serves); the next state change completes the switch and frees the
+    old generation; a bucket whose state is lost takes the marker away."""
+    store = RedisClusterOnlineStore(redis_cluster.url, prefix=redis_prefix)
+    reader = RedisClusterOnlineStore(redis_cluster.url, prefix=redis_prefix)
+    table = OnlineTable("t", "v2", ("id",), ("x",), (pa.int64(),))
+    ids = range(300)
+
+    def read() -> list[int | None]:
+        return [r and r.values[0] for r in reader.read([(table, [(i,) for i in ids])])[0]]
+
+    try:
+        old = store.begin_generation(table)
+        store.write_batch(table, int_batch(ids, 1), generation=old)
+        assert store.commit_generation(table, old) == "committed"
+        new = store.begin_generation(table)
+        store.write_batch(table, int_batch(ids, 2), generation=new)
+        state_keys = [ns[:-1] for ns in store._layout(table)[0]]
+        raw = store.client.get(state_keys[0]).decode()
+        assert raw.endswith(f" {new}@0")
+        for key in state_keys[: len(state_keys) // 2]:
+            store.client.set(key, raw + "!")  # marked as being switched to, then the committer died
+        assert read() == [1] * len(ids)
+        assert reader.has_marker(table)
+
+        store.abort_generation(table, store.begin_generation(table))  # any change repairs first
+        assert read() == [2] * len(ids)
+        assert not list(store.client.scan_iter(match=f"{redis_prefix}:t:*%{old}:*"))
+        with pytest.raises(OnlineStoreError, match="is not being built"):
+            store.write_batch(table, int_batch(ids, 3), generation=new)  # it is the active one now
+        assert store.write_batch(table, int_batch(range(1), 0)) == 0  # ranks below what is served
+        assert reader.has_marker(table)
+
+        store.client.delete(state_keys[3])  # as if its master restarted without persistence
+        assert not reader.has_marker(table)
+    finally:
+        store.drop(table)
+        assert not list(store.client.scan_iter(match=f"{redis_prefix}:*"))
+        store.close()
+        reader.close()
