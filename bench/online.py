@@ -216,7 +216,7 @@ def store_writes(root: Path, online: dict[str, Any], prefix: str, latest: pa.Tab
             schema = _online_schema(view, table)
             store = ctx.online_store
 
-            def run() -> None:
+            def run(store: Any = store, table: Any = table, view: Any = view, schema: pa.Schema = schema) -> None:
                 generation = store.begin_generation(table, as_of=end)
                 for batch in latest.to_batches(max_chunksize=50_000):
                     store.write_batch(table, _online_batch(batch, view, schema), generation=generation)

@@ -144,7 +144,7 @@ def test_read_is_one_mget_per_bucket_on_every_master_at_once(redis_cluster: Redi
             rows = store.read([(table, [(i,) for i in ids])])[0]
             assert [r.values[0] for r in rows] == ids
             after = [server.command_calls() for server in redis_cluster.servers]
-            calls = [{k: v - b.get(k, 0) for k, v in a.items() if v != b.get(k, 0)} for b, a in zip(before, after)]
+            calls = [{k: v - b.get(k, 0) for k, v in a.items() if v != b.get(k, 0)} for b, a in zip(before, after, strict=True)]
             buckets = {bucket_of(str(i), store.buckets) for i in ids}
             assert sum(c.get("mget", 0) for c in calls) == len(buckets)
             assert all(set(c) <= {"mget"} for c in calls), calls

@@ -173,6 +173,11 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def seed_urls(url: str) -> list[str]:
     """The seed node URLs of an ``[online] url``: comma-separated, ``redis://`` optional."""
     return [u.strip() if "://" in u else f"redis://{u.strip()}" for u in url.split(",") if u.strip()]
@@ -214,7 +219,7 @@ class RedisClusterOnlineStore:
             self._sha = self.client.script_load(scripts.UPSERT)
         except (*_ERRORS, ValueError, IndexError) as exc:
             raise OnlineStoreError(
-                f"cannot reach the Redis Cluster at {self._shown_url()}: {exc}",
+                f"cannot reach the Redis Cluster at {self._shown_url()}: {_first_line(exc)}",
                 hint="are the cluster's nodes running? set FSQL_REDIS_URL or the [online] url in fsql.toml "
                 "(one or more nodes, comma-separated)",
             ) from exc
@@ -231,8 +236,8 @@ class RedisClusterOnlineStore:
 
     def _fail(self, action: str, exc: Exception, hint: str | None = None) -> OnlineStoreError:
         hint = hint or "are all the cluster's masters running and is cluster_state ok? check FSQL_REDIS_URL"
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return OnlineStoreError(f"Redis Cluster at {self._shown_url()} failed while {action}: {detail}", hint=hint)
+        return OnlineStoreError(f"Redis Cluster at {self._shown_url()} failed while {action}: {_first_line(exc)}",
+                                hint=hint)
 
     # --- names ---------------------------------------------------------------------------------------
 
