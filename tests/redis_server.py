@@ -111,11 +111,12 @@ class RedisClusterServers:
     ports, each in its own directory (its ``nodes.conf`` survives a restart, so a restarted master
     rejoins the cluster with its slots, but without its keys)."""
 
-    def __init__(self, directory: Path, masters: int = 3) -> None:
+    def __init__(self, directory: Path, masters: int = 3, replicas: int = 0) -> None:
         args = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", "2000")
+        self.replicas = replicas
         self.servers = []
-        for i in range(masters):
+        for i in range(masters * (1 + replicas)):
             (directory / f"node{i}").mkdir(parents=True, exist_ok=True)
             self.servers.append(RedisServer(directory / f"node{i}", args))
 
@@ -133,7 +134,7 @@ class RedisClusterServers:
                 pytest.fail("redis-cli is not on PATH (CI must install it)")
             pytest.skip("redis-cli is not on PATH")
         nodes = [f"127.0.0.1:{s.port}" for s in self.servers]
-        subprocess.run([cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+        subprocess.run([cli, "--cluster", "create", *nodes, "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
         self.wait_ok()
 
@@ -156,21 +157,43 @@ class RedisClusterServers:
             known = int(re.search(r"cluster_known_nodes:(\d+)", info).group(1))
             return "cluster_state:ok" in info and known == len(self.servers)
 
+    def role(self, server: RedisServer) -> tuple[str, int | None]:
+        """("master", None) or ("slave", the port of its master)."""
+        with server.client() as client:
+            role = client.execute_command("ROLE")
+        name = role[0].decode() if isinstance(role[0], bytes) else role[0]
+        return (name, None) if name == "master" else (name, int(role[2]))
+
     def master_of_most_keys(self) -> RedisServer:
         sizes = []
         for server in self.servers:
-            with server.client() as client:
-                sizes.append((client.dbsize(), server.port, server))
+            if self.role(server)[0] == "master":
+                with server.client() as client:
+                    sizes.append((client.dbsize(), server.port, server))
         return max(sizes)[2]
+
+    def fail_over(self, master: RedisServer) -> RedisServer:
+        """Promote a replica of ``master`` (CLUSTER FAILOVER: the replica first catches up with its
+        master, so no acknowledged write is lost); returns the new master once the cluster is ok."""
+        replica = next(s for s in self.servers if self.role(s) == ("slave", master.port))
+        with replica.client() as client:
+            client.execute_command("CLUSTER", "FAILOVER")
+        deadline = time.monotonic() + 30
+        while self.role(replica)[0] != "master":
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replica did not take over")
+            time.sleep(0.05)
+        self.wait_ok()
+        return replica
 
     def stop(self) -> None:
         for server in self.servers:
             server.kill()
 
 
-def redis_cluster(directory: Path) -> Iterator[RedisClusterServers]:
+def redis_cluster(directory: Path, replicas: int = 0) -> Iterator[RedisClusterServers]:
     """Body of a fixture: a started cluster, stopped (exactly its own processes) at the end."""
-    cluster = RedisClusterServers(directory)
+    cluster = RedisClusterServers(directory, replicas=replicas)
     try:
         cluster.start()
         yield cluster

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import REDIS_URL, unique_name
-from redis_server import RedisClusterServers, redis_cluster
+from redis_server import RedisClusterServers, RedisServer, redis_cluster
 from typer.testing import CliRunner
 
 from fsql.cli import app
@@ -205,7 +205,7 @@ def test_master_lost_mid_run_fails_the_run_and_the_next_run_converges(
         message = str(info.value)
         assert "\n" not in message and "materializing 'spend' failed" in message, message
         if fault == "restart":
-            assert "restarted during the run" in message, message
+            assert "restarted or failed over during the run" in message, message
         else:
             assert "Redis Cluster at" in message, message
         view = service.definitions()[0]["spend"]
@@ -273,3 +273,48 @@ def test_a_switch_interrupted_between_buckets_is_finished_by_the_next_change(
         assert not list(store.client.scan_iter(match=f"{redis_prefix}:*"))
         store.close()
         reader.close()
+
+
+@pytest.fixture
+def replicated_cluster(tmp_path: Path) -> Iterator[RedisClusterServers]:
+    """Three masters with a replica each, for one test."""
+    yield from redis_cluster(tmp_path / "replicated", replicas=1)
+
+
+def test_master_failed_over_mid_run_fails_the_run_and_the_next_run_converges(
+    replicated_cluster: RedisClusterServers, redis_prefix: str, tmp_path: Path
+) -> None:
+    """A replica takes over from a master after the first batch: the writes go on to the new master,
+    but the run fails (its rows could have missed the replica in an unplanned failover), keeps its
+    watermark, and the next run catches up to what one node serves."""
+    entities = 20_000
+    reference_root = write_project(tmp_path / "one", REDIS_URL, redis_prefix, cluster=False, entities=entities)
+    root = write_project(tmp_path / "many", replicated_cluster.url, "fsqlf", cluster=True, entities=entities)
+    expected_service, service = Service.open(reference_root), Service.open(root)
+    try:
+        for s in (expected_service, service):
+            s.build()
+            assert [r.outcome for r in s.materialize(end=END - timedelta(days=1))] == ["success"]
+        expected_service.materialize(end=END)
+        expected = values(expected_service, entities)
+        victim = replicated_cluster.master_of_most_keys()
+        switched: list[RedisServer] = []
+
+        def after_each_batch(view: str, rows: int) -> None:
+            if not switched:
+                switched.append(replicated_cluster.fail_over(victim))
+
+        with pytest.raises(FsqlError) as info:
+            service.materialize(end=END, batch_size=2_000, progress=after_each_batch)
+        message = str(info.value)
+        assert "\n" not in message and "failed over during the run" in message, message
+        assert replicated_cluster.role(switched[0])[0] == "master"
+        view = service.definitions()[0]["spend"]
+        assert service.registry.watermark("spend", view.version) == END - timedelta(days=1)
+
+        again = service.materialize(end=END)
+        assert [r.outcome for r in again] == ["success"]
+        assert same(values(service, entities), expected)
+    finally:
+        service.close()
+        expected_service.close()

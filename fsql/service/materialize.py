@@ -191,7 +191,7 @@ def _materialize_view(ctx: Context, view: FeatureView, *, full: bool, start: dat
 
 def _restarted() -> OnlineStoreError:
     return OnlineStoreError(
-        "the online store's server restarted during the run, so rows written before the restart may be lost",
+        "the online store's server restarted or failed over during the run, so rows written before may be lost",
         hint="if it lost data written by earlier runs too, run `fsql materialize --full`",
     )
 
