@@ -34,9 +34,14 @@ over during a run (its run id changes) fails the run; the commit then restores t
 with the marker cleared. A restarted master without persistence lost its buckets' states: the marker
 is set only when every bucket holds it, so the next run recomputes everything. Lost or half-done
 state changes (a client that died between buckets) are repaired under the lock by the next state
-change: a switch that began is completed, generations not known to every bucket are freed. With
-replicas, a failover may lose the last writes acknowledged by the old master (Redis replication is
-asynchronous); the changed run id fails such a run, and the next run rewrites them.
+change: a switch that began is completed, generations not known to every bucket are freed.
+
+With replicas, an unplanned failover may lose the last writes the old master acknowledged (Redis
+replication is asynchronous). During a run, the changed run id fails the run and the next run writes
+its window again. Just after a run completed, the loss is not detected (a bucket's state and its
+rows share a master and its replication stream, so a bucket can fall back to an older marker with
+older rows, but the watermark has moved on): run ``fsql materialize --full`` after an unplanned
+failover. A planned one (``CLUSTER FAILOVER``) waits for the replica and loses nothing.
 """
 
 from __future__ import annotations
