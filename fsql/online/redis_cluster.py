@@ -258,6 +258,12 @@ class RedisClusterOnlineStore:
             self._names[key] = found
         return found
 
+    def _node(self, state_key: str) -> Any:
+        """The master of a bucket, from the slot of its (short) state key: naming it spares redis-py
+        from hashing every key of a call to check they share a slot (they do: the hash tag). A
+        MOVED reply still re-routes the command by its keys."""
+        return self.client.get_node_from_key(state_key)
+
     def _bucket(self, text: str) -> int:
         return bucket_of(text, self.buckets)
 
@@ -350,7 +356,7 @@ class RedisClusterOnlineStore:
                 texts, values = per_bucket[b]
                 keys = [state_key, *(ns + seg + text for seg in targets for text in texts[lo:hi])]
                 pipe.execute_command("EVALSHA", self._sha, len(keys), *keys, state or b"", ttl, len(targets),
-                                     *values[lo:hi])
+                                     *values[lo:hi], target_nodes=self._node(state_key))
             for index, result in zip(todo, pipe.execute(raise_on_error=False), strict=True):
                 results[index] = result
             errors = [r for r in results if isinstance(r, Exception)]
@@ -391,11 +397,11 @@ class RedisClusterOnlineStore:
                     sent.append((r, b, generation))
             try:
                 if len(commands) == 1:  # one bucket: a plain command skips the pipeline's bookkeeping
-                    raw = [self.client.execute_command(*commands[0])]
+                    raw = [self.client.execute_command(*commands[0], target_nodes=self._node(commands[0][1]))]
                 else:
                     pipe = self.client.pipeline()
                     for command in commands:
-                        pipe.execute_command(*command)
+                        pipe.execute_command(*command, target_nodes=self._node(command[1]))
                     raw = pipe.execute() if commands else []
             except _ERRORS as exc:
                 raise self._fail(f"reading {sum(len(p[2]) for p in prepared)} keys", exc) from exc
