@@ -101,8 +101,9 @@ def test_config_takes_cluster_flag(tmp_path: Path) -> None:
 
 
 def test_unreachable_cluster_and_braces_in_prefix_fail_at_open(redis_cluster: RedisClusterServers) -> None:
-    with pytest.raises(OnlineStoreError, match="cannot reach the Redis Cluster"):
-        RedisClusterOnlineStore("redis://127.0.0.1:1", connect_timeout=1)
+    with pytest.raises(OnlineStoreError, match="cannot reach the Redis Cluster") as info:
+        RedisClusterOnlineStore("redis://:s3cret@127.0.0.1:1,127.0.0.1:2", connect_timeout=1)
+    assert "s3cret" not in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(OnlineStoreError, match="contains"):
         RedisClusterOnlineStore(redis_cluster.url, prefix="a{b}")
 
