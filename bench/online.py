@@ -1,6 +1,7 @@
 """End-to-end online benchmark: ``fsql materialize`` and ``Store.online`` against raw clients.
 
     python -m bench.online [--scale 1.0] [--redis-url redis://127.0.0.1:6379/0] [--reads 2000]
+    python -m bench.online --cluster [--scale 0.2] [--cluster-url redis://h1:p1,redis://h2:p2]
 
 Builds a tiny fsql project over the generated orders of ``bench.data`` (at scale 1: 2M orders of
 100k customers, 10 numeric features with NULLs) in a temporary directory, DuckDB warehouse, and in
@@ -19,6 +20,12 @@ one run measures, on loopback only:
 - the same for the SQLite online store vs a typed table with plain ``INSERT OR REPLACE`` / ``SELECT``
   (bytes per entity from ``dbstat``).
 
+``--cluster`` measures the same against a Redis Cluster (``[online] cluster = true``) instead of one
+node: a private cluster of three masters that the benchmark starts on spare loopback ports
+(``redis-server`` and ``redis-cli`` on PATH) and stops at the end, or the one at ``--cluster-url``. The
+raw baselines are the same commands through redis-py's ``RedisCluster``: its pipelines group the
+commands by master and send them to every master at once, as fsql's do. Same targets as on one node.
+
 Read latencies are measured call by call, fsql and raw interleaved, so that load from other processes
 hits both sides alike. ``Store.online`` reuses the registry definitions for up to 2 s (the
 first call of a run reads them), so a steady stream of reads costs one store round trip each.
@@ -33,8 +40,10 @@ from __future__ import annotations
 import argparse
 import gc
 import shutil
+import socket
 import sqlite3
 import statistics
+import subprocess
 import tempfile
 import time
 import uuid
@@ -46,6 +55,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import redis
+from redis.cluster import RedisCluster
 
 from bench.data import END, FEATURE_NAMES, FEATURES, generate
 
@@ -189,6 +199,35 @@ def latest_rows(root: Path, end: datetime) -> tuple[float, pa.Table]:
     return min(t for t, _ in timings), timings[-1][1]
 
 
+def store_writes(root: Path, online: dict[str, Any], prefix: str, latest: pa.Table, end: datetime) -> float:
+    """Best seconds of the online store's part of a full run alone (begin a generation, write the
+    latest rows in materialize's batches, commit), without the run's other steps (the latest-row
+    query, the statistics of what is served for the catalog)."""
+    from fsql.online.base import online_table_of
+    from fsql.service.context import Context
+    from fsql.service.materialize import _online_batch, _online_schema
+
+    best = float("inf")
+    for trial in range(WRITE_TRIALS):
+        ctx = Context.open(root, {"online": {**online, "prefix": f"{prefix}:store{trial}"}})
+        try:
+            view = ctx.definitions().views[VIEW]
+            table = online_table_of(view)
+            schema = _online_schema(view, table)
+            store = ctx.online_store
+
+            def run(store: Any = store, table: Any = table, view: Any = view, schema: pa.Schema = schema) -> None:
+                generation = store.begin_generation(table, as_of=end)
+                for batch in latest.to_batches(max_chunksize=50_000):
+                    store.write_batch(table, _online_batch(batch, view, schema), generation=generation)
+                assert store.commit_generation(table, generation) == "committed"
+
+            best = min(best, timed(run)[0])
+        finally:
+            ctx.close()
+    return best
+
+
 def compare_reads(
     report: Report,
     label: str,
@@ -212,7 +251,55 @@ def compare_reads(
 # --- Redis -----------------------------------------------------------------------------------------
 
 
-def raw_hset(client: redis.Redis, ns: str, latest: pa.Table) -> None:
+class PrivateCluster:
+    """Three redis-server masters in cluster mode, without persistence, on spare loopback ports."""
+
+    def __init__(self, work: Path, masters: int = 3) -> None:
+        self.work = work
+        self.ports: list[int] = []
+        self.processes: list[subprocess.Popen[bytes]] = []
+        for i in range(masters):
+            port = 65535
+            while port + 10000 > 65535:  # the cluster bus listens on port + 10000
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", 0))
+                    port = s.getsockname()[1]
+            directory = work / f"node{i}"
+            directory.mkdir(parents=True)
+            self.ports.append(port)
+            self.processes.append(subprocess.Popen(
+                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--dir", str(directory), "--cluster-enabled", "yes", "--loglevel", "warning"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for port in self.ports:
+            self._wait(lambda p=port: redis.Redis(port=p, socket_timeout=1).ping())
+        subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+                        "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        for port in self.ports:
+            self._wait(lambda p=port: b"cluster_state:ok" in redis.Redis(port=p).execute_command("CLUSTER", "INFO"))
+        self.url = ",".join(f"redis://127.0.0.1:{p}" for p in self.ports)
+
+    @staticmethod
+    def _wait(ready: Callable[[], Any]) -> None:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if ready():
+                    return
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the private Redis Cluster did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def raw_hset(client: redis.Redis | RedisCluster, ns: str, latest: pa.Table) -> None:
     ids = latest.column("customer_id").to_pylist()
     columns = [latest.column(name).to_pylist() for name in FEATURE_NAMES]
     pipe = client.pipeline(transaction=False)
@@ -232,7 +319,7 @@ def raw_hset(client: redis.Redis, ns: str, latest: pa.Table) -> None:
         pipe.execute()
 
 
-def delete_prefix(client: redis.Redis, prefix: str) -> None:
+def delete_prefix(client: redis.Redis | RedisCluster, prefix: str) -> None:
     batch: list[bytes] = []
     for key in client.scan_iter(match=f"{prefix}*", count=5000):
         batch.append(key)
@@ -243,7 +330,7 @@ def delete_prefix(client: redis.Redis, prefix: str) -> None:
         client.unlink(*batch)
 
 
-def memory_per_key(client: redis.Redis, keys: list[str]) -> float:
+def memory_per_key(client: redis.Redis | RedisCluster, keys: list[str]) -> float:
     pipe = client.pipeline(transaction=False)
     for key in keys:
         pipe.memory_usage(key, samples=0)
@@ -251,9 +338,16 @@ def memory_per_key(client: redis.Redis, keys: list[str]) -> float:
     return statistics.fmean(sizes) if sizes else float("nan")
 
 
-def bench_redis(root: Path, url: str, prefix: str, customers: int, reads: int, report: Report) -> None:
-    client = redis.Redis.from_url(url)
-    report.section("Redis")
+def bench_redis(root: Path, url: str, prefix: str, customers: int, reads: int, report: Report,
+                cluster: bool = False) -> None:
+    if cluster:
+        from fsql.online.redis_cluster import seed_urls
+
+        client: redis.Redis | RedisCluster = RedisCluster.from_url(seed_urls(url)[0])
+        report.section("Redis Cluster (3 masters)")
+    else:
+        client = redis.Redis.from_url(url)
+        report.section("Redis")
     end = END + timedelta(days=30)  # every order is known by then
     best = float("inf")
     rows = 0
@@ -261,7 +355,8 @@ def bench_redis(root: Path, url: str, prefix: str, customers: int, reads: int, r
     for trial in range(WRITE_TRIALS):
         if service is not None:
             service.close()
-        service = open_service(root, {"store": "redis", "url": url, "prefix": f"{prefix}:fsql{trial}"})
+        service = open_service(root, {"store": "redis", "url": url, "prefix": f"{prefix}:fsql{trial}",
+                                      "cluster": cluster})
         seconds, results = timed(lambda s=service: s.materialize([VIEW], full=True, end=end))
         rows = results[0].rows
         best = min(best, seconds)
@@ -271,7 +366,9 @@ def bench_redis(root: Path, url: str, prefix: str, customers: int, reads: int, r
 
     version = service.definition(VIEW).version
     fsql_ns = f"{prefix}:fsql{WRITE_TRIALS - 1}:{VIEW}:{version}:"
-    raw_ns = f"{prefix}:rawh0:{'r' * len(VIEW)}:{'r' * len(version)}:"  # same key length as fsql's
+    if cluster:  # the keys carry their bucket's hash tag, {version.b}
+        fsql_ns = f"{prefix}:fsql{WRITE_TRIALS - 1}:{VIEW}:{{{version}.10}}:"
+    raw_ns = f"{prefix}:rawh0:{'r' * (len(fsql_ns) - len(prefix) - 8)}:"  # same key length as fsql's
     assert len(raw_ns) == len(fsql_ns)
     raw_best = float("inf")
     for trial in range(WRITE_TRIALS):
@@ -282,6 +379,9 @@ def bench_redis(root: Path, url: str, prefix: str, customers: int, reads: int, r
     report.add("materialize (full run)", rate(rows, best), rate(rows, raw_best), raw_best / best, ">=0.7")
     report.add("  of which latest-row query", f"{query_seconds:.2f} s", "-", None)
     report.add("  write part only", rate(rows, write_only), rate(rows, raw_best), raw_best / write_only)
+    online = {"store": "redis", "url": url, "cluster": cluster}
+    store_seconds = store_writes(root, online, prefix, latest, end)
+    report.add("  online store writes only", rate(rows, store_seconds), rate(rows, raw_best), raw_best / store_seconds)
 
     reads_100 = max(20, reads // 10)
 
@@ -332,7 +432,14 @@ def bench_redis(root: Path, url: str, prefix: str, customers: int, reads: int, r
     )
 
     sample = [1 + (i * 7919) % customers for i in range(min(2000, customers))]
-    fsql_bytes = memory_per_key(client, [f"{fsql_ns}{c}" for c in sample])
+    # fsql's keys as stored (a full run writes a generation, whose keys carry its name), from a SCAN
+    fsql_keys = []
+    for key in client.scan_iter(match=f"{prefix}:fsql{WRITE_TRIALS - 1}:*", count=1000):
+        if key.rsplit(b":", 1)[1].isdigit():  # an entity key, not a state key
+            fsql_keys.append(key)
+        if len(fsql_keys) >= len(sample):
+            break
+    fsql_bytes = memory_per_key(client, fsql_keys)
     raw_bytes = memory_per_key(client, [f"{raw_ns}{c}" for c in sample])
     report.add(
         "bytes per entity (MEMORY USAGE)", f"{fsql_bytes:.0f} B", f"{raw_bytes:.0f} B", fsql_bytes / raw_bytes
@@ -456,12 +563,25 @@ def main() -> None:
         "--reads", type=int, default=2000, help="online reads of 1 entity (100-entity reads: a tenth)"
     )
     parser.add_argument("--skip-sqlite", action="store_true")
+    parser.add_argument("--cluster", action="store_true",
+                        help="a Redis Cluster instead of one node (a private one of three masters, unless --cluster-url)")
+    parser.add_argument("--cluster-url", help="seed nodes of an existing Redis Cluster, comma-separated")
     args = parser.parse_args()
 
     began = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="fsql_bench_online_"))
     prefix = f"fsqlbench_{uuid.uuid4().hex[:10]}"
-    client = redis.Redis.from_url(args.redis_url)
+    private = None
+    if args.cluster and not args.cluster_url:
+        private = PrivateCluster(work / "cluster")
+    url = args.cluster_url or (private.url if private else args.redis_url)
+    client: redis.Redis | RedisCluster
+    if args.cluster or args.cluster_url:
+        from fsql.online.redis_cluster import seed_urls
+
+        client = RedisCluster.from_url(seed_urls(url)[0])
+    else:
+        client = redis.Redis.from_url(url)
     report = Report()
     try:
         root = work / "project"
@@ -473,12 +593,15 @@ def main() -> None:
             f"data: {orders.num_rows:,} orders of {customers:,} customers, {len(FEATURE_NAMES)} features "
             f"(generated and built in {time.perf_counter() - began:.1f}s)"
         )
-        bench_redis(root, args.redis_url, prefix, customers, args.reads, report)
+        bench_redis(root, url, prefix, customers, args.reads, report, cluster=bool(args.cluster or args.cluster_url))
         if not args.skip_sqlite:
             bench_sqlite(root, work, customers, args.reads, report)
     finally:
-        delete_prefix(client, prefix)
+        if private is None:
+            delete_prefix(client, prefix)
         client.close()
+        if private is not None:
+            private.stop()
         shutil.rmtree(work, ignore_errors=True)
     report.print()
     print(f"total {time.perf_counter() - began:.1f}s")

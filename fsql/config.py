@@ -90,9 +90,10 @@ class SqliteOnline:
 
 @dataclass(frozen=True)
 class RedisOnline:
-    url: str = field(default=DEFAULT_REDIS_URL, repr=False)  # may hold a password
+    url: str = field(default=DEFAULT_REDIS_URL, repr=False)  # may hold a password; a cluster: seed nodes, comma-separated
     prefix: str = "fsql"
     store: str = "redis"
+    cluster: bool = False
 
 
 Online = SqliteOnline | RedisOnline
@@ -207,7 +208,7 @@ class Config:
 _SECTIONS: dict[str, set[str]] = {
     "project": {"name", "dialect", "features_dir", "macros_dir"},
     "warehouse": {"engine", "path", "url", "schema", "history", "master", "remote", "conf", "catalog_dir"},
-    "online": {"store", "path", "url", "prefix"},
+    "online": {"store", "path", "url", "prefix", "cluster"},
     "registry": {"url"},
     "vars": set(),
     "entities": set(),
@@ -384,6 +385,9 @@ def _online(file: _File, body: dict[str, Any]) -> Online:
     file.choice(store, variants, "online store", "store")
     if store == "redis":
         values["url"] = values.get("url") or os.environ.get("FSQL_REDIS_URL", DEFAULT_REDIS_URL)
+        if not isinstance(values.get("cluster", False), bool):
+            raise file.error(f"[online] cluster must be true or false, not {values['cluster']!r}",
+                             line=file.line_of("cluster"), hint="cluster = true for a Redis Cluster")
     return _variant(variants[store], values)
 
 

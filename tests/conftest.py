@@ -17,6 +17,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import duckdb
 import pytest
@@ -99,3 +100,12 @@ def redis_prefix() -> Iterator[str]:
     if keys:
         client.delete(*keys)
     client.close()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A private Redis Cluster of three masters on free loopback ports, shared by a module's tests
+    (each uses its own key prefix), stopped at the end of the module."""
+    from redis_server import redis_cluster as start_cluster
+
+    yield from start_cluster(tmp_path_factory.mktemp("redis_cluster"))

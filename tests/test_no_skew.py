@@ -1,6 +1,6 @@
 """No training/serving skew (DESIGN.md section 4): for every entity, ``online(now)`` equals the
-point-in-time training set with spine ``(entity, now)``, on DuckDB+SQLite, DuckDB+Redis and
-PostgreSQL+Redis.
+point-in-time training set with spine ``(entity, now)``, on DuckDB+SQLite, DuckDB+Redis,
+PostgreSQL+Redis and DuckDB+Redis Cluster (three private masters).
 
 Hypothesis draws small histories full of edge cases: equal timestamps and exact ties that only the
 feature values break (NaN above +Infinity, NULL lowest, strings in byte order), NULL and late
@@ -344,7 +344,7 @@ def check_no_skew(service: Service, rows: dict[str, list[dict[str, Any]]], now_o
 # --- combos ----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["duckdb-sqlite", "duckdb-redis", "postgres-redis"])
+@pytest.fixture(params=["duckdb-sqlite", "duckdb-redis", "postgres-redis", "duckdb-redis-cluster"])
 def combo(request: pytest.FixtureRequest) -> Iterator[tuple[str, dict[str, dict[str, Any]], str | None]]:
     """(name, overrides shared by every example, redis prefix base or None)."""
     name = request.param
@@ -355,10 +355,13 @@ def combo(request: pytest.FixtureRequest) -> Iterator[tuple[str, dict[str, dict[
         overrides["warehouse"] = {"engine": "postgres", "url": POSTGRES_URL, "schema": schema}
     if name.endswith("redis"):
         prefix = request.getfixturevalue("redis_prefix")
+    if name.endswith("redis-cluster"):
+        prefix = request.getfixturevalue("redis_prefix")
+        overrides["online"] = {"url": request.getfixturevalue("redis_cluster").url, "cluster": True}
     yield name, overrides, prefix
 
 
-EXAMPLES = {"duckdb-sqlite": 60, "duckdb-redis": 60, "postgres-redis": 60}
+EXAMPLES = {"duckdb-sqlite": 60, "duckdb-redis": 60, "postgres-redis": 60, "duckdb-redis-cluster": 30}
 
 
 def write_project(tmp_path: Path) -> Path:
@@ -375,14 +378,15 @@ def open_service(root: Path, shared: dict[str, dict[str, Any]], prefix: str | No
     overrides = {**shared, "registry": {"url": f"sqlite:///{tmp_path / f'registry_{i}.db'}"}}
     if prefix is None:
         overrides["online"] = {"store": "sqlite", "path": str(tmp_path / f"online_{i}.db")}
-    else:
-        overrides["online"] = {"store": "redis", "url": REDIS_URL, "prefix": f"{prefix}_{i}"}
+    else:  # a cluster's url and cluster flag come from the combo
+        overrides["online"] = {"store": "redis", "url": REDIS_URL, **shared.get("online", {}), "prefix": f"{prefix}_{i}"}
     return Service.open(root, overrides)
 
 
 def close_service(service: Service, prefix: str | None, i: int) -> None:
+    cluster = service.config.online.store == "redis" and service.config.online.cluster
     service.close()
-    if prefix is not None:
+    if prefix is not None and not cluster:  # a private cluster is stopped with its keys
         client = redis.Redis.from_url(REDIS_URL)
         keys = list(client.scan_iter(match=f"{prefix}_{i}:*", count=1000))
         if keys:

@@ -25,6 +25,7 @@ from redis_server import RedisServer
 from fsql.errors import OnlineStoreError
 from fsql.online import CREATED, EVENT_TS, GenerationNotBuilding, OnlineTable
 from fsql.online.redis import RedisOnlineStore
+from fsql.online.redis_cluster import RedisClusterOnlineStore
 from fsql.online.sqlite import SqliteOnlineStore
 
 TS = pa.timestamp("us", tz="UTC")
@@ -52,19 +53,22 @@ def values(store: Any, table: OnlineTable, ids: range | list[int]) -> list[float
     return [None if r is None else r.values[0] for r in rows]
 
 
-@pytest.fixture(params=["redis", "sqlite"])
+@pytest.fixture(params=["redis", "redis-cluster", "sqlite"])
 def kind(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
 @pytest.fixture
-def stores(kind: str, redis_prefix: str, tmp_path: Path):
+def stores(kind: str, redis_prefix: str, tmp_path: Path, request: pytest.FixtureRequest):
     """A factory of stores of `kind` on one namespace (several = several connections)."""
     opened: list[Any] = []
+    cluster_url = request.getfixturevalue("redis_cluster").url if kind == "redis-cluster" else None
 
     def open_store() -> Any:
         if kind == "redis":
             store: Any = RedisOnlineStore(REDIS_URL, prefix=redis_prefix)
+        elif kind == "redis-cluster":
+            store = RedisClusterOnlineStore(cluster_url, prefix=redis_prefix)
         else:
             store = SqliteOnlineStore(tmp_path / "online.db", prefix=redis_prefix)
         opened.append(store)
@@ -82,6 +86,9 @@ def store(stores):
 
 def stored_names(store: Any, table: OnlineTable) -> list[str]:
     """Every Redis key / SQLite table of the version, sorted."""
+    if isinstance(store, RedisClusterOnlineStore):
+        pattern = f"{store.prefix}:{table.view}:{{{table.version}.*"
+        return sorted(k.decode() for k in store.client.scan_iter(match=pattern, count=1000))
     base = f"{store.prefix}:{table.view}:{table.version}"
     if isinstance(store, RedisOnlineStore):
         client = redis.Redis.from_url(REDIS_URL)
@@ -118,6 +125,8 @@ def test_full_swap_serves_exactly_the_new_generation(store) -> None:
     after = stored_names(store, table)
     if isinstance(store, RedisOnlineStore):
         assert len(before) == 11 and len(after) == 6
+    elif isinstance(store, RedisClusterOnlineStore):  # a state key per bucket
+        assert len(before) == 10 + store.buckets and len(after) == 5 + store.buckets
     else:
         assert len(before) == len(after) == 2  # the data table and the marker table
 
@@ -170,6 +179,8 @@ def test_aborted_and_superseded_generations_are_freed_and_refuse_writes(store) -
     assert values(store, table, range(3)) == [5.0] * 3
     if isinstance(store, RedisOnlineStore):
         assert len(stored_names(store, table)) == 4  # three entities and the state
+    elif isinstance(store, RedisClusterOnlineStore):
+        assert len(stored_names(store, table)) == 3 + store.buckets
 
 
 def test_served_values_never_go_back_in_time(store) -> None:

@@ -39,6 +39,7 @@ from fsql.online.encoding import (
     key_text,
 )
 from fsql.online.redis import RedisOnlineStore
+from fsql.online.redis_cluster import RedisClusterOnlineStore
 from fsql.online.sqlite import SqliteOnlineStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,19 +112,22 @@ def same_row(got: OnlineRow | None, want: tuple | None) -> bool:
     )
 
 
-@pytest.fixture(params=["redis", "sqlite"])
+@pytest.fixture(params=["redis", "redis-cluster", "sqlite"])
 def kind(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
 @pytest.fixture
-def store_factory(kind: str, redis_prefix: str, tmp_path: Path):
+def store_factory(kind: str, redis_prefix: str, tmp_path: Path, request: pytest.FixtureRequest):
     """Opens stores of `kind` sharing one namespace (several instances = several connections)."""
     opened = []
+    cluster_url = request.getfixturevalue("redis_cluster").url if kind == "redis-cluster" else None
 
     def factory(**kwargs: Any):
         if kind == "redis":
             store = RedisOnlineStore(REDIS_URL, prefix=redis_prefix, **kwargs)
+        elif kind == "redis-cluster":
+            store = RedisClusterOnlineStore(cluster_url, prefix=redis_prefix, **kwargs)
         else:
             store = SqliteOnlineStore(tmp_path / "online.db", prefix=redis_prefix, **kwargs)
         opened.append(store)

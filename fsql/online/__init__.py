@@ -3,6 +3,7 @@ markers, generations for full recomputes, drop, close).
 
 from fsql.online import open_online_store, OnlineTable
 store = open_online_store("redis", url="redis://127.0.0.1:6379/0", prefix="fsql")
+store = open_online_store("redis", url="redis://10.0.0.1:7000,redis://10.0.0.2:7000", cluster=True)
 store = open_online_store("sqlite", path=".fsql/online.db")
 """
 
@@ -17,15 +18,20 @@ KINDS = ("redis", "sqlite")
 
 
 def open_online_store(
-    kind: str, *, url: str | None = None, path: str | None = None, prefix: str = "fsql"
+    kind: str, *, url: str | None = None, path: str | None = None, prefix: str = "fsql", cluster: bool = False
 ) -> OnlineStore:
     """Open an online store.
 
     ``kind="redis"``: ``url`` (default ``$FSQL_REDIS_URL``, else ``redis://127.0.0.1:6379/0``); the
-    server is pinged now, so an unreachable server fails here with ``OnlineStoreError``.
+    server is pinged now, so an unreachable server fails here with ``OnlineStoreError``. ``cluster=True``:
+    a Redis Cluster; ``url`` names one or more of its nodes, comma-separated.
     ``kind="sqlite"``: ``path`` of the database file (default ``.fsql/online.db``, created if missing;
     ``":memory:"`` for a private in-memory store). ``prefix`` namespaces keys / table names.
     """
+    if kind == "redis" and cluster:
+        from fsql.online.redis_cluster import RedisClusterOnlineStore
+
+        return RedisClusterOnlineStore(url, prefix=prefix)
     if kind == "redis":
         from fsql.online.redis import RedisOnlineStore
 

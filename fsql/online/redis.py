@@ -25,9 +25,7 @@ generation is freed only after the state stops naming it). Otherwise the client 
 generation: one round trip per read, two for the first read after a switch. A generation switch is a
 SET of the state by ``redis_scripts.COMMIT``; the old generation's keys are then unlinked with SCAN.
 
-Redis Cluster: each script and MGET touches one version's keys, so a Cluster store needs them in one
-hash slot (a hash tag ``{view:version}`` in ``ns``), or per group of slots, one state key per group,
-and a commit that switches every group's state; not supported yet.
+Redis Cluster: ``redis_cluster`` runs the same scripts and values per bucket of hash-tagged keys.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The Lua scripts of the Redis store (see ``redis.py`` for the key layout they work on).
 
 Every script touches one version's keys only: its state key (``KEYS[1]``) and entity keys of that
-version, all passed in ``KEYS``, so a Redis Cluster store can run them unchanged once a version's keys
-share a hash slot (a hash tag on the version namespace). Header bytes are compared one by one:
+version, all passed in ``KEYS``, so the Redis Cluster store (``redis_cluster``) runs the upsert
+unchanged on each bucket, whose keys share a hash slot. Header bytes are compared one by one:
 Lua's ``<`` on strings uses strcoll, whose order depends on the server's locale.
 """
 
@@ -215,6 +215,18 @@ end
 return found
 """
 )
+
+# Redis Cluster (``redis_cluster``): KEYS[1]: a bucket's state key, ARGV[1]: the run ids of the masters
+# the run started on (',' separated; '' = no check), ARGV[2]: the new state. 1 = written, 0 = this
+# bucket's master is none of them (restarted or failed over): nothing written.
+SET_STATE = r"""
+if ARGV[1] ~= '' then
+  local id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+  if not id or not string.find(',' .. ARGV[1] .. ',', ',' .. id .. ',', 1, true) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""
 
 # For tests: -1, 0 or 1 as stored value ARGV[1] ranks below, level with or above ARGV[2], exactly as
 # the upsert decides.

@@ -49,7 +49,7 @@ def open_online(config: Config) -> OnlineStore:
     """The online store of ``config``; also how an engine's workers reopen it in their own process."""
     cfg = config.online
     if isinstance(cfg, RedisOnline):
-        return open_online_store("redis", url=cfg.url, prefix=cfg.prefix)
+        return open_online_store("redis", url=cfg.url, prefix=cfg.prefix, cluster=cfg.cluster)
     path = cfg.path if cfg.path == ":memory:" else str(config.resolve(cfg.path))
     return open_online_store("sqlite", path=path, prefix=config.name)
 

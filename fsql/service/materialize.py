@@ -206,7 +206,7 @@ def failure_reason(error: BaseException) -> str:
 
 def _restarted() -> OnlineStoreError:
     return OnlineStoreError(
-        "the online store's server restarted during the run, so rows written before the restart may be lost",
+        "the online store's server restarted or failed over during the run, so rows written before may be lost",
         hint="if it lost data written by earlier runs too, run `fsql materialize --full`",
     )
 
