@@ -346,3 +346,138 @@ def test_unbuilt_project_is_not_ready_until_built(tmp_path: Path) -> None:
         assert answer.json()["columns"]["spend_30d__status"] == ["not_materialized"]
     finally:
         running.stop()
+
+
+SCORER_WITH_FIELDS = '''\
+def score(columns):
+    out = []
+    for spend, amount, orders, channel in zip(columns["spend_30d"], columns["amount"], columns["orders_30d"],
+                                              columns["channel"]):
+        value = (0.0 if spend is None else spend) / 1000 + (0.0 if amount is None else amount) / 7
+        out.append(value + (0 if orders is None else orders) + (0.5 if channel == "web" else 0.0))
+    return out
+
+# The request fields sit among the features: the model names the order it takes its inputs in.
+score.inputs = ("spend_30d", "amount", "orders_30d", "avg_order_value_30d", "country", "segment", "age", "channel")
+'''
+
+
+def test_request_fields_online_equal_batch(tmp_path: Path) -> None:
+    root = example_project(tmp_path / "proj", tmp_path.parent)
+    (root / "scorer.py").write_text(SCORER_WITH_FIELDS)
+    toml = (root / "fsql.toml").read_text()
+    (root / "fsql.toml").write_text(toml.replace(
+        'kind = "onnx"\npath = "models/churn.onnx"',
+        'kind = "python"\nentry_point = "scorer:score"\nrequest_fields = { amount = "DOUBLE", channel = "VARCHAR" }'))
+    with fsql.Store(root) as store:
+        store.build()
+        store.materialize()
+        (model,) = store.models()
+        assert model.inputs == ("spend_30d", "amount", "orders_30d", "avg_order_value_30d", "country", "segment",
+                                "age", "channel")
+        assert [(f.name, f.dtype) for f in model.request_fields] == [("amount", "DOUBLE"), ("channel", "VARCHAR")]
+        with pytest.raises(fsql.errors.RequestError, match="request field.*amount, channel.*spine"):
+            store.predict("churn")  # the set's own spine has no request fields
+    running = Running(root, {}, log_features=True)
+    ids, amounts, channels = [1, 2, 3, 5, 10**9], [12.5, 3, None, 0.25, 8.0], ["web", "store", "web", None, "web"]
+    try:
+        answer = running.client.post("/v1/models/churn/predict", json={
+            "entities": {"customer_id": ids}, "request_fields": {"amount": amounts, "channel": channels}})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["request_fields"] == {"amount": [12.5, 3.0, None, 0.25, 8.0], "channel": channels}
+        assert set(body["features"]) == {"spend_30d", "orders_30d", "avg_order_value_30d", "country", "segment", "age"}
+        served_at = datetime.now(UTC)
+        listed = running.client.get("/v1/models").json()["models"][0]
+        assert listed["request_fields"] == {"amount": "DOUBLE", "channel": "VARCHAR"}
+
+        bad = {
+            "wrong type": ({"amount": ["12"] * 5, "channel": channels}, "request field 'amount' is DOUBLE"),
+            "bool for a number": ({"amount": [True] * 5, "channel": channels}, "request field 'amount'"),
+            "number for a string": ({"amount": amounts, "channel": [1] * 5}, "request field 'channel' is VARCHAR"),
+            "missing field": ({"amount": amounts}, "missing request field 'channel'"),
+            "wrong length": ({"amount": amounts[:2], "channel": channels}, "'amount' has 2 value(s) for 5"),
+            "unknown field": ({"amount": amounts, "channel": channels, "amout": amounts}, "unknown request field 'amout'"),
+        }
+        for case, (fields, needle) in bad.items():
+            refused = running.client.post("/v1/models/churn/predict",
+                                          json={"entities": {"customer_id": ids}, "request_fields": fields})
+            assert refused.status_code == 400 and needle in refused.json()["message"], (case, refused.text)
+        none = running.client.post("/v1/models/churn/predict", json={"entities": {"customer_id": ids}})
+        assert none.status_code == 400 and "needs 'request_fields'" in none.json()["message"]
+    finally:
+        running.stop()
+
+    spine = pl.DataFrame({"customer_id": ids, "label_ts": [served_at] * len(ids), "amount": amounts, "channel": channels})
+    with fsql.Store(root) as store:
+        batch = store.predict("churn", spine=spine)
+        assert batch["prediction"].to_list() == body["predictions"]
+        for name, values in body["features"].items():
+            assert batch[name].to_list() == values, name
+        # The logged request fields are not recomputed: skew compares the training set's features only.
+        report = store.skew("churn", since=served_at.replace(year=2000))
+        assert report.rows == len(ids) and report.differing == 0
+        assert {f.feature for f in report.features} == set(body["features"])
+        with pytest.raises(fsql.errors.RequestError, match="request field 'channel' is VARCHAR.*spine"):
+            store.predict("churn", spine=spine.with_columns(pl.lit(3).alias("channel")))
+
+    # The CLI scores a spine file with the same columns the same way.
+    spine_file = tmp_path / "spine.parquet"
+    spine.write_parquet(spine_file)
+    out = tmp_path / "scored.parquet"
+    from typer.testing import CliRunner
+
+    from fsql.cli import app
+    result = CliRunner().invoke(app, ["predict", "churn", "--spine", str(spine_file), "-o", str(out), "--project", str(root)])
+    assert result.exit_code == 0, result.output
+    assert pl.read_parquet(out)["prediction"].to_list() == body["predictions"]
+
+
+@pytest.mark.parametrize(("fields", "needle"), [
+    ('{ amount = "MONEY" }', "request field 'amount' has unknown type 'MONEY'"),
+    ('{ spend_30d = "DOUBLE" }', "request field 'spend_30d' has the name of a column"),
+    # The model names channel, not amount, among its inputs.
+    ('{ amount = "DOUBLE" }', "channel the training set does not have (nor its request_fields); does not take request field(s) amount"),
+])
+def test_request_fields_checked_at_build(tmp_path: Path, fields: str, needle: str) -> None:
+    root = example_project(tmp_path / "proj", tmp_path.parent)
+    (root / "scorer.py").write_text(SCORER_WITH_FIELDS.replace('"amount", ', "").replace("amount", "spend_30d"))
+    toml = (root / "fsql.toml").read_text()
+    (root / "fsql.toml").write_text(toml.replace(
+        'kind = "onnx"\npath = "models/churn.onnx"',
+        f'kind = "python"\nentry_point = "scorer:score"\nrequest_fields = {fields}'))
+    with pytest.raises(fsql.errors.ConfigError) as refused, fsql.Store(root) as store:  # noqa: PT012
+        store.build()
+    assert needle in str(refused.value) and str(refused.value).startswith("fsql.toml:")
+
+
+def test_feature_requests_logged_when_configured(project: Path) -> None:
+    folder = project / ".fsql" / "logs" / "features"
+    body = {"features": FEATURES, "entities": {"customer_id": [1, 2, 10**9]}}
+    quiet = Running(project, {}, log_features=True)  # model logs on, feature reads not asked for
+    try:
+        assert quiet.client.post("/v1/features", json=body).status_code == 200
+    finally:
+        quiet.stop()
+    assert not folder.exists()
+
+    running = Running(project, {"server": {"log_feature_requests": True}}, log_features=False)
+    began = datetime.now(UTC)
+    try:
+        first = running.client.post("/v1/features", json=body).json()["columns"]
+        second = running.client.post("/v1/features", json={"training_set": "churn",
+                                                           "entities": {"customer_id": [3]}}).json()["columns"]
+        refused = running.client.post("/v1/features", json={"features": ["customer_spend.nope"],
+                                                            "entities": {"customer_id": [4]}})
+        assert refused.status_code == 404
+    finally:
+        running.stop()  # flushes the log
+    files = sorted(folder.glob("date=*/*.parquet"))
+    assert files and all(f.parent.name == f"date={datetime.now(UTC).date().isoformat()}" for f in files)
+    logged = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed").sort("served_at")
+    assert logged.height == 4  # the refused request served nothing
+    assert logged.schema["served_at"] == pl.Datetime("us", "UTC") and logged.schema["spend_30d"] == pl.Float64
+    assert (logged["served_at"] >= began).all()
+    expected = [{k: v[i] for k, v in first.items()} for i in range(3)] + [{k: v[0] for k, v in second.items()}]
+    for row, want in zip(logged.drop("served_at").to_dicts(), expected, strict=True):
+        assert {k: v for k, v in row.items() if k in want} == want
