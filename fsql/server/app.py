@@ -46,6 +46,7 @@ from fsql.errors import (
     did_you_mean,
 )
 from fsql.models import LoadedModel, load_model, request_values
+from fsql.registry import model_fingerprint
 from fsql.server.auth import ApiKeys
 from fsql.server.batching import MicroBatcher
 from fsql.server.errors import JSON, BodyTooLargeError, error_response, fsql_error, http_error, unexpected
@@ -78,6 +79,7 @@ class Binding:
     online: dict[str, str]  # model input (training-set column) -> online result column
     keys: dict[str, str]  # entity key -> recorded type
     reader: FeatureReader  # with the plan of the state this binding belongs to
+    version: str  # the registered model's version, as `fsql ls` shows it
     batcher: MicroBatcher[Entities, dict[str, Any]] | None = None
 
 
@@ -132,7 +134,8 @@ class FsqlServer:
             # The reader names columns by the same rule as the training set, with the keys as the spine.
             online_names = output_names(plan.refs(model.training_set), list(keys))
             models[name] = Binding(model, load_model(model, self.config.root), [str(r) for r in training_set.features],
-                                   {by_ref[str(r)]: online_names[r] for r in training_set.features}, keys, reader)
+                                   {by_ref[str(r)]: online_names[r] for r in training_set.features}, keys, reader,
+                                   model_fingerprint(model)[:12])
         return Serving(version, reader, plan, models, time.time())
 
     async def reload(self, *, force: bool = False) -> bool:
@@ -414,12 +417,12 @@ def create_app(root: str | Path = ".", overrides: dict[str, dict[str, Any]] | No
             result = await binding.batcher.submit(entities)
         else:
             result = server._score(binding, [entities])[0]
-        return JSON({"model": name, "version": binding.model.digest[:12] if binding.model.digest else None,
+        return JSON({"model": name, "version": binding.version,
                      **entities.columns, **result})
 
     async def models(_request: Request) -> Response:
         serving = server.current()
-        return JSON({"models": [{"name": b.model.name, "training_set": b.model.training_set,
+        return JSON({"models": [{"name": b.model.name, "version": b.version, "training_set": b.model.training_set,
                                  "inputs": list(b.model.inputs), "keys": list(b.keys), "kind": b.model.kind,
                                  "request_fields": {f.name: f.dtype for f in b.model.request_fields},
                                  "max_batch": b.model.max_batch, "max_wait_ms": b.model.max_wait_ms}
