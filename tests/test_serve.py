@@ -481,3 +481,123 @@ def test_feature_requests_logged_when_configured(project: Path) -> None:
     expected = [{k: v[i] for k, v in first.items()} for i in range(3)] + [{k: v[0] for k, v in second.items()}]
     for row, want in zip(logged.drop("served_at").to_dicts(), expected, strict=True):
         assert {k: v for k, v in row.items() if k in want} == want
+
+
+def _workers(master: int) -> set[int]:
+    """The worker processes of a uvicorn master: its children running the app."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == master and b"resource_tracker" not in cmdline:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def test_multi_worker_reload_drops_nothing(tmp_path: Path) -> None:
+    """`fsql serve --workers 2` as a user runs it: a build and a materialization are picked up by every
+    worker through the registry-version poll, and SIGHUP replaces the workers, all under load with no
+    failed request."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    root = example_project(tmp_path / "proj", tmp_path.parent)
+    toml = root / "fsql.toml"
+    toml.write_text(toml.read_text().replace("[server]", "[server]\nreload_poll_s = 0.3\nlog_features = false", 1))
+    with fsql.Store(root) as store:
+        store.build()
+        store.materialize()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "FSQL_API_KEYS"}
+    server = subprocess.Popen([sys.executable, "-m", "fsql.cli", "serve", "--workers", "2", "--port", str(port),
+                               "--project", str(root)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    body = {"features": ["customer_spend.spend_30d", "customer_profile.*"], "entities": {"customer_id": [1, 2, 3]}}
+    statuses: list[int] = []
+    failures: list[str] = []
+    phase = ["start"]
+    stop = threading.Event()
+
+    async def load() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            async def worker(i: int) -> None:
+                while not stop.is_set():
+                    path, payload = (("/v1/features", body) if i % 2 else
+                                     ("/v1/models/churn/predict", {"entities": {"customer_id": [i + 1]}}))
+                    try:
+                        statuses.append((await client.post(path, json=payload)).status_code)
+                    except httpx.HTTPError as e:
+                        failures.append(f"{phase[0]}: {path}: {type(e).__name__}: {e}")
+
+            await asyncio.gather(*(worker(i) for i in range(8)))
+
+    def status_everywhere(client: httpx.Client, wanted: str) -> None:
+        """Wait until 20 answers in a row (from either worker) give spend_30d this status."""
+        deadline, streak = time.monotonic() + 60, 0
+        while streak < 20:
+            assert time.monotonic() < deadline, f"the workers did not all reach status {wanted}"
+            answer = client.post("/v1/features", json=body)
+            assert answer.status_code == 200, answer.text
+            streak = streak + 1 if answer.json()["columns"]["spend_30d__status"][0] == wanted else 0
+
+    loader = threading.Thread(target=lambda: asyncio.run(load()))
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            deadline = time.monotonic() + 90
+            while True:
+                assert server.poll() is None, server.stderr.read().decode() if server.stderr else ""
+                assert time.monotonic() < deadline, "fsql serve did not become ready"
+                try:
+                    if client.get("/readyz").status_code == 200 and len(_workers(server.pid)) == 2:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+            status_everywhere(client, "present")
+            loader.start()
+            time.sleep(0.5)
+
+            # A build that changes a view: its new version has never been materialized.
+            phase[0] = "build"
+            toml.write_text(toml.read_text().replace("spend_window_days = 30", "spend_window_days = 31"))
+            with fsql.Store(root) as store:
+                store.build()
+            status_everywhere(client, "not_materialized")
+            phase[0] = "materialize"
+            with fsql.Store(root) as store:
+                store.materialize()
+                expected = store.reader().read(body["features"], body["entities"]).columns
+            status_everywhere(client, "present")
+            assert client.post("/v1/features", json=body).json()["columns"] == expected
+
+            # SIGHUP: uvicorn brings up a new worker before retiring each old one.
+            before = _workers(server.pid)
+            phase[0] = "SIGHUP"
+            server.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 120
+            while not (len(after := _workers(server.pid)) == 2 and not after & before):
+                assert time.monotonic() < deadline, "SIGHUP did not replace the workers"
+                assert server.poll() is None
+                time.sleep(0.2)
+            time.sleep(0.5)
+            assert client.post("/v1/features", json=body).json()["columns"] == expected
+    finally:
+        phase[0] = "stop"
+        stop.set()
+        if loader.is_alive():
+            loader.join(timeout=60)
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    assert not failures, failures[:5]
+    assert len(statuses) > 100 and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
