@@ -22,7 +22,8 @@ def factory() -> Starlette:
     from fsql.store import Store
 
     root = os.environ.get(ROOT_ENV, ".")
-    return create_app(root, batching=os.environ.get(BATCHING_ENV, "1") != "0", root_app=catalog_app(Store(root)))
+    return create_app(root, batching=os.environ.get(BATCHING_ENV, "1") != "0", root_app=catalog_app(Store(root)),
+                      freeze_gc=True)
 
 
 def serve(root: str | Path = ".", *, host: str = "127.0.0.1", port: int = 8766, workers: int = 1,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import logging
 import signal
@@ -97,7 +98,7 @@ class FsqlServer:
 
     def __init__(self, root: str | Path = ".", overrides: dict[str, dict[str, Any]] | None = None, *,
                  batching: bool = True, log_features: bool | None = None,
-                 log_feature_requests: bool | None = None) -> None:
+                 log_feature_requests: bool | None = None, freeze_gc: bool = False) -> None:
         self.ctx = Context.open(root, overrides)
         self.settings = self.ctx.config.server
         self.batching = batching
@@ -105,6 +106,7 @@ class FsqlServer:
         self.log_feature_requests = (self.settings.log_feature_requests if log_feature_requests is None
                                      else log_feature_requests)
         self.metrics = Metrics()
+        self.freeze_gc = freeze_gc
         self.keys = ApiKeys(self.settings.api_key_env)
         self.serving: Serving | None = None
         self.feature_log: FeatureLog | None = None
@@ -157,12 +159,25 @@ class FsqlServer:
                 binding.batcher = self._batcher(binding)
             old, self.serving, self._load_error = self.serving, serving, None
             self.metrics.reloads.inc()
+            if self.freeze_gc:
+                self._freeze_gc()
             self.metrics.plan_version.set(1)
             if old is not None:
                 for binding in old.models.values():
                     if binding.batcher is not None:
                         asyncio.get_running_loop().create_task(binding.batcher.close())
             return True
+
+    def _freeze_gc(self) -> None:
+        """Move what is loaded (modules, the serving plan, models) out of the cyclic collector's reach.
+
+        A server process holds a few hundred thousand long-lived objects; a full collection walks all
+        of them and took 100-250 ms here, which set the p99 latency. Frozen, a full collection only
+        walks what requests allocate. The old plan's cycles are collected first, once per reload.
+        """
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
 
     def _batcher(self, binding: Binding) -> MicroBatcher[Entities, dict[str, Any]] | None:
         if not self.batching:
@@ -351,9 +366,11 @@ def _request_fields(data: dict[str, Any], model: Model, count: int) -> dict[str,
 
 def create_app(root: str | Path = ".", overrides: dict[str, dict[str, Any]] | None = None, *,
                batching: bool = True, log_features: bool | None = None, log_feature_requests: bool | None = None,
-               root_app: ASGIApp | None = None) -> Starlette:
+               root_app: ASGIApp | None = None, freeze_gc: bool = False) -> Starlette:
+    """The server as an ASGI app. ``freeze_gc`` (for a process that only serves, like `fsql serve`'s
+    workers) freezes the garbage collector's view of the loaded state after each plan load."""
     server = FsqlServer(root, overrides, batching=batching, log_features=log_features,
-                        log_feature_requests=log_feature_requests)
+                        log_feature_requests=log_feature_requests, freeze_gc=freeze_gc)
     settings, metrics = server.settings, server.metrics
 
     def endpoint(route: str, handler: Handler, *, auth: bool = True) -> Handler:
