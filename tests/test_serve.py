@@ -601,3 +601,22 @@ def test_multi_worker_reload_drops_nothing(tmp_path: Path) -> None:
             server.wait()
     assert not failures, failures[:5]
     assert len(statuses) > 100 and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+
+
+def test_batcher_closed_by_a_reload_still_answers() -> None:
+    """A request holding a replaced state's batcher is scored alone, not left waiting forever."""
+    from fsql.server.batching import MicroBatcher
+
+    async def run() -> list[int]:
+        batcher: MicroBatcher[int, int] = MicroBatcher(lambda items: [i * 2 for i in items], max_batch=8, max_wait_ms=1)
+        first = await batcher.submit(1)
+        await batcher.close()
+        late = await asyncio.wait_for(batcher.submit(5), timeout=10)
+        failing: MicroBatcher[int, int] = MicroBatcher(lambda items: [ValueError("bad")] * len(items), max_batch=8,
+                                                       max_wait_ms=1)
+        await failing.close()
+        with pytest.raises(ValueError, match="bad"):
+            await asyncio.wait_for(failing.submit(1), timeout=10)
+        return [first, late]
+
+    assert asyncio.run(run()) == [2, 10]
