@@ -204,6 +204,7 @@ BAD = [
     ("model key type", "/v1/models/churn/predict", b'{"entities": {"customer_id": ["x"]}}', 400, "not a valid BIGINT"),
     ("model missing key", "/v1/models/churn/predict", b'{"entities": {"client_id": [1]}}', 400, "customer_id"),
     ("model malformed", "/v1/models/churn/predict", b"{", 400, "malformed JSON"),
+    ("request fields not declared", "/v1/models/churn/predict", b'{"entities": {"customer_id": [1]}, "request_fields": {"amount": [1.0]}}', 400, "takes no request fields"),
     ("unknown route", "/v2/features", b"{}", 404, "Not Found"),
 ]
 

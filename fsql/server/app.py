@@ -340,9 +340,12 @@ def _entities(data: dict[str, Any], limit: int, keys: Mapping[str, str] | None =
 
 def _request_fields(data: dict[str, Any], model: Model, count: int) -> dict[str, list[Any]]:
     """A model's request-time fields from ``request_fields``: one value per entity, of the declared type."""
-    if not model.request_fields:
-        return {}
     raw = data.get("request_fields")
+    if not model.request_fields:
+        if raw:
+            raise RequestError(f"model '{model.name}' takes no request fields",
+                               hint="send only 'entities', or declare request_fields under [models] in fsql.toml")
+        return {}
     names = ", ".join(f"{f.name} ({f.dtype})" for f in model.request_fields)
     if not isinstance(raw, dict):
         raise RequestError(f"model '{model.name}' needs 'request_fields': {names}",
