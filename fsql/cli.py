@@ -24,7 +24,7 @@ import typer
 
 from fsql.config import SUPPORTED_DIALECTS
 from fsql.definitions import check_pit_mode
-from fsql.errors import FsqlError, RequestError
+from fsql.errors import FsqlError, NotFoundError, RequestError
 
 app = typer.Typer(
     help="fsql: a SQL-first feature store. Feature files are annotated .sql files under features/.",
@@ -38,6 +38,8 @@ ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="Project folde
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 VarOpt = Annotated[list[str] | None, typer.Option("--var", metavar="NAME=VALUE", help="Set a Jinja variable: --var name=value (repeatable).")]
 # Choices are plain strings checked by the SDK, so a wrong one is the usual one-line error with a hint.
+KindOpt = Annotated[str | None, typer.Option("--kind", metavar="view|training_set|model",
+                                             help="Which object when a view, set or model share a name.")]
 PitModeOpt = Annotated[str, typer.Option("--pit-mode", metavar="known-at|event-time",
                                          help="known-at (default) or event-time (Feast-compatible).")]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -243,7 +245,55 @@ def _set_item(training_set: Any, spine_columns: list[str]) -> dict[str, Any]:
         "path": training_set.path,
         "features": [str(f) for f in training_set.features],
         "spine_columns": spine_columns,
+        "models": list(training_set.models),
     }
+
+
+def _model_item(model: Any) -> dict[str, Any]:
+    from fsql.registry import model_fingerprint
+
+    return {
+        "name": model.name,
+        "kind": "model",
+        "version": model_fingerprint(model)[:12],
+        "model_kind": model.kind,
+        "training_set": model.training_set,
+        "path": model.path,
+        "entry_point": model.entry_point,
+        "digest": model.digest,
+        "inputs": list(model.inputs),  # the order the model is fed, recorded at build
+        "request_fields": {f.name: f.dtype for f in model.request_fields},
+        "batching": {"max_batch": model.max_batch, "max_wait_ms": model.max_wait_ms},
+    }
+
+
+KINDS = {"view": "view", "feature_view": "view", "training_set": "training_set", "set": "training_set",
+         "model": "model", "source": "source"}
+
+
+def _kind(kind: str | None) -> Any:
+    if kind is None:
+        return None
+    if kind not in KINDS:
+        raise RequestError(f"unknown --kind '{kind}'", hint="use view, training_set or model")
+    return KINDS[kind]
+
+
+def _describe_item(store: Any, name: str, kind: str | None) -> dict[str, Any]:
+    """A view or training set by that name first (the model of a set often shares its name), else a
+    model; ``kind`` picks one."""
+    if kind == "model":
+        return _model_item(store.model(name))
+    try:
+        record = store.describe(name)
+    except NotFoundError:
+        if kind is None and name in {m.name for m in store.models()}:
+            return _model_item(store.model(name))
+        raise
+    is_view = hasattr(record, "entity")
+    if kind is not None and kind != ("view" if is_view else "training_set"):
+        raise NotFoundError(f"no {kind.replace('_', ' ')} named '{name}'", hint="run `fsql ls`")
+    return _view_item(record) if is_view else _set_item(record, _spine_columns(store, name))
 
 
 def _spine_columns(store: Any, name: str) -> list[str]:
@@ -253,10 +303,11 @@ def _spine_columns(store: Any, name: str) -> list[str]:
 @app.command("ls")
 @handles_errors
 def ls(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
-    """List the registered feature views and training sets."""
+    """List the registered feature views, training sets and models."""
     with _store(project) as store:
         items = [_view_item(v) for v in store.views()]
         items += [_set_item(s, _spine_columns(store, s.name)) for s in store.training_set_records()]
+        items += [_model_item(m) for m in store.models()]
         if as_json:
             _json(items)
             return
@@ -264,6 +315,11 @@ def ls(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
             typer.echo("nothing registered yet; run `fsql build`")
             return
         for item in items:
+            if item["kind"] == "model":
+                inputs = f"{len(item['inputs'])} input" + ("" if len(item["inputs"]) == 1 else "s")
+                typer.echo(f"{item['name']:<28} model {item['model_kind'] + ' <- ' + item['training_set']:<18} "
+                           f"{inputs:<12} v{item['version']}")
+                continue
             count = len(item["features"])
             features = f"{count} feature" + ("" if count == 1 else "s")
             if item["kind"] == "feature_view":
@@ -279,18 +335,32 @@ def ls(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
 def describe(
     name: str,
     history: Annotated[bool, typer.Option("--history", help="List every version: fingerprint, when, git commit, verdict, runs.")] = False,
+    kind: KindOpt = None,
     project: ProjectOpt = Path("."),
     as_json: JsonOpt = False,
 ) -> None:
-    """Show one feature view or training set: keys, timing, features with types and descriptions."""
+    """Show one feature view, training set or model: keys, timing, features with types and
+    descriptions; for a model its training set and input order."""
     with _store(project) as store:
         if history:
             _print_history(store.revisions(name), as_json)
             return
-        record = store.describe(name)
-        item = _view_item(record) if hasattr(record, "entity") else _set_item(record, _spine_columns(store, name))
+        item = _describe_item(store, name, _kind(kind))
         if as_json:
             _json(item)
+            return
+        if item["kind"] == "model":
+            inputs = item.pop("inputs")
+            fields = item.pop("request_fields")
+            for key, value in item.items():
+                if isinstance(value, dict):
+                    typer.echo(f"{key}: {', '.join(f'{k}={v}' for k, v in value.items())}")
+                elif value not in (None, ""):
+                    typer.echo(f"{key}: {value}")
+            typer.echo("inputs (in the order the model takes them):")
+            for position, input_name in enumerate(inputs, 1):
+                note = f"request field, {fields[input_name]}" if input_name in fields else "training set feature"
+                typer.echo(f"  {position:>2}. {input_name:<28} {note}")
             return
         for key, value in item.items():
             if key == "features":
@@ -314,6 +384,7 @@ def describe(
 def lineage(
     name: str,
     transitive: Annotated[bool, typer.Option("--transitive", help="Follow edges all the way to sources and models.")] = False,
+    kind: KindOpt = None,
     project: ProjectOpt = Path("."),
     as_json: JsonOpt = False,
 ) -> None:
@@ -323,7 +394,7 @@ def lineage(
         if "." in name:
             _print_feature_lineage(store.feature_lineage(name), as_json)
             return
-        graph = store.lineage(name, transitive=transitive)
+        graph = store.lineage(name, kind=_kind(kind), transitive=transitive)
         if as_json:
             _json(graph)
             return
@@ -331,7 +402,9 @@ def lineage(
         def show(edge: Any) -> str:
             down = f"{edge.downstream_name}.{edge.downstream_column}" if edge.downstream_column else edge.downstream_name
             up = f"{edge.upstream_name}.{edge.upstream_column}" if edge.upstream_column else edge.upstream_name
-            return f"  {down:<40} <- {edge.upstream_kind} {up}"
+            if edge.downstream_kind != graph.kind or edge.downstream_name != graph.name:
+                down = f"{edge.downstream_kind.replace('_', ' ')} {down}"  # a reader: say what it is
+            return f"  {down:<40} <- {edge.upstream_kind.replace('_', ' ')} {up}"
 
         typer.echo(f"{graph.kind} {graph.name} v{graph.version or '-'}")
         if graph.upstream:

@@ -33,6 +33,10 @@ SUPPORTED_DIALECTS = (
     "duckdb", "postgres", "snowflake", "bigquery", "spark", "trino", "redshift", "databricks", "presto", "athena",
 )
 MODEL_KINDS = ("onnx", "sklearn", "python")
+# The types a model's request-time fields may declare, by the family of JSON values each accepts.
+REQUEST_TYPES = {"DOUBLE": "float", "FLOAT": "float", "REAL": "float", "BIGINT": "integer", "INTEGER": "integer",
+                 "INT": "integer", "VARCHAR": "string", "STRING": "string", "TEXT": "string", "BOOLEAN": "boolean",
+                 "BOOL": "boolean"}
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,9 @@ class ModelConfig:
     entry_point: str | None  # module:function (python)
     batching: Batching
     line: int
+    # Values the caller sends with each prediction request (name, type), not read from the online store;
+    # fed to the model after the training set's features unless the model names its inputs' order.
+    request_fields: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,7 @@ class ServerConfig:
     max_body_bytes: int = 1_048_576
     max_entities: int = 1_000
     log_features: bool = True  # served features, statuses and predictions → .fsql/logs/<model>/
+    log_feature_requests: bool = False  # what POST /v1/features served → .fsql/logs/features/
     log_queue: int = 10_000  # rows waiting to be written; when full, rows are dropped and counted
     log_level: str = "warning"  # uvicorn's log level
     access_log: bool = False
@@ -220,7 +228,7 @@ _SECTIONS: dict[str, set[str]] = {
 }
 _ENTITY_KEYS = {"keys", "description"}
 _SOURCE_KEYS = {"path", "table", "format", "description"}
-_MODEL_KEYS = {"training_set", "kind", "path", "entry_point", "batching"}
+_MODEL_KEYS = {"training_set", "kind", "path", "entry_point", "batching", "request_fields"}
 _BATCHING_KEYS = {"max_batch", "max_wait_ms"}
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -425,6 +433,8 @@ def _source(file: _File, name: str, body: dict[str, Any], line: int) -> SourceCo
 def _model(file: _File, name: str, body: dict[str, Any], line: int) -> ModelConfig:
     if "training_set" not in body:
         raise file.error(f"model '{name}' needs training_set = \"...\"", line=line)
+    if name == "features":  # .fsql/logs/features/ holds what POST /v1/features served
+        raise file.error("a model cannot be named 'features'", line=line, hint="rename [models.features]")
     kind = body.get("kind", "python" if body.get("entry_point") else "onnx")
     file.choice(kind, MODEL_KINDS, "model kind", "kind")
     if kind == "python" and not body.get("entry_point"):
@@ -432,8 +442,22 @@ def _model(file: _File, name: str, body: dict[str, Any], line: int) -> ModelConf
     if kind != "python" and not body.get("path"):
         raise file.error(f"model '{name}' of kind {kind} needs path = \"models/...\"", line=line)
     batching = file.table(body.get("batching", {}), f"models.{name}.batching", _BATCHING_KEYS)
+    declared = body.get("request_fields", {})
+    if not isinstance(declared, dict):
+        raise file.error(f"model '{name}': request_fields must be a table of name = \"TYPE\"",
+                         line=file.line_of("request_fields") or line, hint='e.g. request_fields = { amount = "DOUBLE" }')
+    request_fields = []
+    for field_name, dtype in declared.items():
+        where = file.line_of("request_fields") or line
+        if not _IDENT.match(field_name):
+            raise file.error(f"model '{name}': request field '{field_name}' is not a plain identifier", line=where)
+        if not isinstance(dtype, str) or dtype.upper() not in REQUEST_TYPES:
+            raise file.error(f"model '{name}': request field '{field_name}' has unknown type {dtype!r}", line=where,
+                             hint=did_you_mean(str(dtype).upper(), REQUEST_TYPES)
+                             or f"use one of {', '.join(REQUEST_TYPES)}")
+        request_fields.append((field_name, dtype.upper()))
     return ModelConfig(name, body["training_set"], kind, body.get("path"), body.get("entry_point"),
-                       Batching(**batching), line)
+                       Batching(**batching), line, tuple(request_fields))
 
 
 def _server(file: _File, body: dict[str, Any]) -> ServerConfig:

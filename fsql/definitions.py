@@ -118,6 +118,14 @@ class TrainingSet:
 
 
 @dataclass(frozen=True)
+class RequestField:
+    """A value a model takes from each prediction request (or, in batch, from a spine column)."""
+
+    name: str
+    dtype: str  # one of config.REQUEST_TYPES
+
+
+@dataclass(frozen=True)
 class Model:
     name: str
     training_set: str
@@ -130,6 +138,13 @@ class Model:
     digest: str | None = None  # content hash of the model file: a retrained file is a new version
     max_batch: int = 64
     max_wait_ms: float = 2.0
+    request_fields: tuple[RequestField, ...] = ()
+
+    @property
+    def feature_inputs(self) -> tuple[str, ...]:
+        """The inputs read from the training set's features (the others come with the request)."""
+        names = {f.name for f in self.request_fields}
+        return tuple(n for n in self.inputs if n not in names)
 
 
 @dataclass(frozen=True)

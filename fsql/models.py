@@ -1,8 +1,9 @@
 """Model files behind `[models.NAME]`: load an ONNX, scikit-learn or Python model and score columns.
 
 Every kind is called the same way: ``predict(columns)`` takes one list per input column (the
-training-set feature columns, in the order recorded at build) and returns one float per row. Online
-serving and batch scoring both go through here, so they feed a model identically.
+training-set feature columns, then any request-time fields, in the order recorded at build) and returns
+one float per row. Online serving and batch scoring both go through here, so they feed a model
+identically.
 
 - ``onnx`` (onnxruntime): either one input per feature, named like the feature (a tensor ``[N, 1]`` of
   float, int64 or string), or a single float input ``[N, k]`` taking the k features in order.
@@ -21,17 +22,19 @@ import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fsql.config import CONFIG_FILE
-from fsql.definitions import Model
+from fsql.config import CONFIG_FILE, REQUEST_TYPES
+from fsql.definitions import Model, RequestField
 from fsql.errors import ConfigError, InternalError, RequestError
 from fsql.extras import require_extra
 
 Columns = Mapping[str, Sequence[Any]]
+PREDICTION = "prediction"  # the column (batch) and key (online) a model's output goes in
 
 
 @dataclass
@@ -87,9 +90,12 @@ def load_model(model: Model, root: Path, *, line: int | None = None) -> LoadedMo
                           line=line, hint=f"is it a {model.kind} model file?") from None
 
 
-def bind_inputs(loaded: LoadedModel, features: Sequence[str], *, line: int | None = None) -> tuple[str, ...]:
-    """The column order to feed ``loaded`` from a training set's ``features``; a build calls this so a
-    model whose inputs do not match its set fails the build, not the first request."""
+def bind_inputs(loaded: LoadedModel, features: Sequence[str], *, request: Sequence[str] = (),
+                line: int | None = None) -> tuple[str, ...]:
+    """The column order to feed ``loaded`` from a training set's ``features`` and the model's ``request``
+    fields (after the features unless the model names its order); a build calls this so a model whose
+    inputs do not match fails the build, not the first request."""
+    features = [*features, *request]
     def fail(message: str, hint: str) -> ConfigError:
         return ConfigError(f"model '{loaded.name}': {message}", path=CONFIG_FILE, line=line, hint=hint)
 
@@ -99,15 +105,43 @@ def bind_inputs(loaded: LoadedModel, features: Sequence[str], *, line: int | Non
         if unknown or absent:
             parts = []
             if unknown:
-                parts.append(f"expects input(s) {', '.join(unknown)} the training set does not have")
-            if absent:
-                parts.append(f"does not take feature(s) {', '.join(absent)} of the training set")
+                parts.append(f"expects input(s) {', '.join(unknown)} the training set does not have"
+                             + (" (nor its request_fields)" if request else ""))
+            if [n for n in absent if n not in request]:
+                parts.append(f"does not take feature(s) {', '.join(n for n in absent if n not in request)} "
+                             "of the training set")
+            if [n for n in absent if n in request]:
+                parts.append(f"does not take request field(s) {', '.join(n for n in absent if n in request)}")
             raise fail("; ".join(parts), "retrain the model on the training set's features, in its order")
         return tuple(loaded.expected)
     if loaded.width is not None and loaded.width != len(features):
         raise fail(f"takes {loaded.width} input columns but the training set has {len(features)} features "
                    f"({', '.join(features)})", "retrain the model on the training set's features")
     return tuple(features)
+
+
+def request_values(field: RequestField, values: Sequence[Any], *, source: str = "request") -> list[Any]:
+    """``values`` of a request-time field checked against its declared type and brought to one Python
+    type (an integer sent for a DOUBLE becomes a float), so a request and a spine feed a model alike.
+    None passes through as a missing value. A wrong value is a RequestError naming the field."""
+    family = REQUEST_TYPES[field.dtype]
+    out: list[Any] = []
+    for i, value in enumerate(values):
+        if value is None:
+            out.append(None)
+            continue
+        number = isinstance(value, int | float | Decimal) and not isinstance(value, bool)
+        if family == "float" and number and math.isfinite(float(value)):
+            out.append(float(value))
+        elif family == "integer" and number and float(value).is_integer():
+            out.append(int(value))
+        elif (family == "string" and isinstance(value, str)) or (family == "boolean" and isinstance(value, bool)):
+            out.append(value)
+        else:
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            raise RequestError(f"request field '{field.name}' is {field.dtype}, but value {i + 1} of the {source} "
+                               f"is {shown}", hint=f"send a {field.dtype} (or null) for '{field.name}'")
+    return out
 
 
 # Kinds ---------------------------------------------------------------------------------------------
@@ -185,6 +219,15 @@ def _python(model: Model, root: Path, line: int | None) -> LoadedModel:
         raise ConfigError(f"model '{model.name}': entry_point must be module:function", path=CONFIG_FILE, line=line)
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))  # the project's own modules, like feature files, live in its folder
+    own = root / Path(*module_name.split("."))
+    if own.with_suffix(".py").is_file() or (own / "__init__.py").is_file():
+        cached = sys.modules.get(module_name)
+        if cached is not None and not Path(getattr(cached, "__file__", None) or "/").resolve().is_relative_to(
+                root.resolve()):
+            # The same module name imported from another project of this process: load this project's.
+            del sys.modules[module_name]
+            sys.path.remove(str(root))
+            sys.path.insert(0, str(root))
     try:
         module = importlib.import_module(module_name)
         if Path(getattr(module, "__file__", None) or "/").resolve().is_relative_to(root.resolve()):

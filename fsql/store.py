@@ -13,7 +13,15 @@ import polars as pl
 from fsql.config import Config
 from fsql.definitions import FeatureView, Model, PitMode, TrainingSet, output_names, parse_ref
 from fsql.errors import NotFoundError, RegistryError, RequestError, did_you_mean
-from fsql.registry import LineageGraph, RunRecord, SearchHit, TrainingSetRecord, ViewRecord, ViewVersion
+from fsql.registry import (
+    LineageGraph,
+    ObjectKind,
+    RunRecord,
+    SearchHit,
+    TrainingSetRecord,
+    ViewRecord,
+    ViewVersion,
+)
 from fsql.registry.catalog import FeatureLineage, RankedHit, Revision, StatsRecord, VersionDiff, version_diff
 from fsql.service import build as build_service
 from fsql.service import check as check_service
@@ -176,8 +184,10 @@ class Store:
                                 or "run `fsql ls`")
         return found
 
-    def lineage(self, name: str, *, transitive: bool = False) -> LineageGraph:
-        return self._ctx.registry.lineage(name, transitive=transitive)
+    def lineage(self, name: str, *, kind: ObjectKind | None = None, transitive: bool = False) -> LineageGraph:
+        """Edges of a view, training set, source or model (``kind`` picks one when names are shared,
+        like the example's ``churn`` set and model)."""
+        return self._ctx.registry.lineage(name, kind=kind, transitive=transitive)
 
     def search(self, text: str) -> list[SearchHit]:
         return self._ctx.registry.search(text)
@@ -254,6 +264,14 @@ class Store:
     def models(self) -> list[Model]:
         """Registered models (from ``[models]`` in fsql.toml), each bound to a training set."""
         return sorted(self._ctx.registry.snapshot().model_definitions.values(), key=lambda m: m.name)
+
+    def model(self, name: str) -> Model:
+        """One registered model: its kind, training set, input order and request fields."""
+        models = self._ctx.registry.snapshot().model_definitions
+        if name not in models:
+            raise NotFoundError(f"no model named '{name}'",
+                                hint=did_you_mean(name, models) or "declare it under [models] in fsql.toml")
+        return models[name]
 
     def check(self) -> CheckResult:
         """Parse and validate every feature file and apply the [governance] rules; touches no database."""

@@ -199,3 +199,38 @@ def test_training_set_pit_mode_and_csv_files(materialized: tuple[Path, datetime]
     assert not want["known-at"]["spend_30d"].equals(want["event-time"]["spend_30d"])
     line = one_line_error(project, "training-set", "churn", "-o", str(tmp_path / "x.csv"), "--pit-mode", "sometimes")
     assert "unknown PIT mode 'sometimes'" in line
+
+
+def test_models_in_ls_describe_and_lineage(materialized: tuple[Path, datetime]) -> None:
+    project, _ = materialized
+    with fsql.Store(project) as store:
+        (model,) = store.models()
+        features = [c.name for c in store.definition("churn").spine_columns]
+        set_features = [str(f) for f in store.definition("churn").features]
+    from fsql.registry import model_fingerprint
+    version = model_fingerprint(model)[:12]
+
+    items = json.loads(ok(project, "ls", "--json"))
+    (listed,) = [i for i in items if i["kind"] == "model"]
+    assert listed["name"] == "churn" and listed["training_set"] == "churn" and listed["model_kind"] == "onnx"
+    assert listed["version"] == version and listed["inputs"] == list(model.inputs) and len(model.inputs) == 6
+    assert re.search(rf"^churn +model onnx <- churn +6 inputs +v{version}$", ok(project, "ls"), re.M)
+
+    # The example's set and model share a name: the set comes first, --kind picks the model.
+    as_set = json.loads(ok(project, "describe", "churn", "--json"))
+    assert as_set["kind"] == "training_set" and as_set["models"] == ["churn"] and as_set["spine_columns"] == features
+    assert json.loads(ok(project, "describe", "churn", "--kind", "model", "--json")) == listed
+    text = ok(project, "describe", "churn", "--kind", "model")
+    order = re.findall(r"^ +\d+\. (\w+) +training set feature$", text, re.M)
+    assert order == list(model.inputs) and f"version: {version}" in text
+    assert "no model named 'chrn'; did you mean 'churn'?" in one_line_error(project, "describe", "chrn", "--kind", "model")
+    assert "unknown --kind" in one_line_error(project, "describe", "churn", "--kind", "views")
+
+    down = json.loads(ok(project, "lineage", "churn", "--json"))["downstream"]
+    assert {(e["downstream_kind"], e["downstream_name"], e["upstream_kind"]) for e in down} == {("model", "churn", "training_set")}
+    assert re.search(r"^read by:\n +model churn +<- training set churn$", ok(project, "lineage", "churn"), re.M)
+    up = ok(project, "lineage", "churn", "--kind", "model")
+    assert up.splitlines()[0] == f"model churn v{version}" and re.search(r"churn +<- training set churn", up)
+    transitive = json.loads(ok(project, "lineage", "customer_spend", "--transitive", "--json"))["downstream"]
+    assert ("model", "churn") in {(e["downstream_kind"], e["downstream_name"]) for e in transitive}
+    assert {f.split(".")[0] for f in set_features} >= {"customer_spend"}

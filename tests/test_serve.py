@@ -204,6 +204,7 @@ BAD = [
     ("model key type", "/v1/models/churn/predict", b'{"entities": {"customer_id": ["x"]}}', 400, "not a valid BIGINT"),
     ("model missing key", "/v1/models/churn/predict", b'{"entities": {"client_id": [1]}}', 400, "customer_id"),
     ("model malformed", "/v1/models/churn/predict", b"{", 400, "malformed JSON"),
+    ("request fields not declared", "/v1/models/churn/predict", b'{"entities": {"customer_id": [1]}, "request_fields": {"amount": [1.0]}}', 400, "takes no request fields"),
     ("unknown route", "/v2/features", b"{}", 404, "Not Found"),
 ]
 
@@ -346,3 +347,277 @@ def test_unbuilt_project_is_not_ready_until_built(tmp_path: Path) -> None:
         assert answer.json()["columns"]["spend_30d__status"] == ["not_materialized"]
     finally:
         running.stop()
+
+
+SCORER_WITH_FIELDS = '''\
+def score(columns):
+    out = []
+    for spend, amount, orders, channel in zip(columns["spend_30d"], columns["amount"], columns["orders_30d"],
+                                              columns["channel"]):
+        value = (0.0 if spend is None else spend) / 1000 + (0.0 if amount is None else amount) / 7
+        out.append(value + (0 if orders is None else orders) + (0.5 if channel == "web" else 0.0))
+    return out
+
+# The request fields sit among the features: the model names the order it takes its inputs in.
+score.inputs = ("spend_30d", "amount", "orders_30d", "avg_order_value_30d", "country", "segment", "age", "channel")
+'''
+
+
+def test_request_fields_online_equal_batch(tmp_path: Path) -> None:
+    root = example_project(tmp_path / "proj", tmp_path.parent)
+    (root / "scorer.py").write_text(SCORER_WITH_FIELDS)
+    toml = (root / "fsql.toml").read_text()
+    (root / "fsql.toml").write_text(toml.replace(
+        'kind = "onnx"\npath = "models/churn.onnx"',
+        'kind = "python"\nentry_point = "scorer:score"\nrequest_fields = { amount = "DOUBLE", channel = "VARCHAR" }'))
+    with fsql.Store(root) as store:
+        store.build()
+        store.materialize()
+        (model,) = store.models()
+        assert model.inputs == ("spend_30d", "amount", "orders_30d", "avg_order_value_30d", "country", "segment",
+                                "age", "channel")
+        assert [(f.name, f.dtype) for f in model.request_fields] == [("amount", "DOUBLE"), ("channel", "VARCHAR")]
+        with pytest.raises(fsql.errors.RequestError, match="request field.*amount, channel.*spine"):
+            store.predict("churn")  # the set's own spine has no request fields
+    running = Running(root, {}, log_features=True)
+    ids, amounts, channels = [1, 2, 3, 5, 10**9], [12.5, 3, None, 0.25, 8.0], ["web", "store", "web", None, "web"]
+    try:
+        answer = running.client.post("/v1/models/churn/predict", json={
+            "entities": {"customer_id": ids}, "request_fields": {"amount": amounts, "channel": channels}})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["request_fields"] == {"amount": [12.5, 3.0, None, 0.25, 8.0], "channel": channels}
+        assert set(body["features"]) == {"spend_30d", "orders_30d", "avg_order_value_30d", "country", "segment", "age"}
+        served_at = datetime.now(UTC)
+        listed = running.client.get("/v1/models").json()["models"][0]
+        assert listed["request_fields"] == {"amount": "DOUBLE", "channel": "VARCHAR"}
+
+        bad = {
+            "wrong type": ({"amount": ["12"] * 5, "channel": channels}, "request field 'amount' is DOUBLE"),
+            "bool for a number": ({"amount": [True] * 5, "channel": channels}, "request field 'amount'"),
+            "number for a string": ({"amount": amounts, "channel": [1] * 5}, "request field 'channel' is VARCHAR"),
+            "missing field": ({"amount": amounts}, "missing request field 'channel'"),
+            "wrong length": ({"amount": amounts[:2], "channel": channels}, "'amount' has 2 value(s) for 5"),
+            "unknown field": ({"amount": amounts, "channel": channels, "amout": amounts}, "unknown request field 'amout'"),
+        }
+        for case, (fields, needle) in bad.items():
+            refused = running.client.post("/v1/models/churn/predict",
+                                          json={"entities": {"customer_id": ids}, "request_fields": fields})
+            assert refused.status_code == 400 and needle in refused.json()["message"], (case, refused.text)
+        none = running.client.post("/v1/models/churn/predict", json={"entities": {"customer_id": ids}})
+        assert none.status_code == 400 and "needs 'request_fields'" in none.json()["message"]
+    finally:
+        running.stop()
+
+    spine = pl.DataFrame({"customer_id": ids, "label_ts": [served_at] * len(ids), "amount": amounts, "channel": channels})
+    with fsql.Store(root) as store:
+        batch = store.predict("churn", spine=spine)
+        assert batch["prediction"].to_list() == body["predictions"]
+        for name, values in body["features"].items():
+            assert batch[name].to_list() == values, name
+        # The logged request fields are not recomputed: skew compares the training set's features only.
+        report = store.skew("churn", since=served_at.replace(year=2000))
+        assert report.rows == len(ids) and report.differing == 0
+        assert {f.feature for f in report.features} == set(body["features"])
+        with pytest.raises(fsql.errors.RequestError, match="request field 'channel' is VARCHAR.*spine"):
+            store.predict("churn", spine=spine.with_columns(pl.lit(3).alias("channel")))
+
+    # The CLI scores a spine file with the same columns the same way.
+    spine_file = tmp_path / "spine.parquet"
+    spine.write_parquet(spine_file)
+    out = tmp_path / "scored.parquet"
+    from typer.testing import CliRunner
+
+    from fsql.cli import app
+    result = CliRunner().invoke(app, ["predict", "churn", "--spine", str(spine_file), "-o", str(out), "--project", str(root)])
+    assert result.exit_code == 0, result.output
+    assert pl.read_parquet(out)["prediction"].to_list() == body["predictions"]
+
+
+@pytest.mark.parametrize(("fields", "needle"), [
+    ('{ amount = "MONEY" }', "request field 'amount' has unknown type 'MONEY'"),
+    ('{ spend_30d = "DOUBLE" }', "request field 'spend_30d' has the name of a column"),
+    # The model names channel, not amount, among its inputs.
+    ('{ amount = "DOUBLE" }', "channel the training set does not have (nor its request_fields); does not take request field(s) amount"),
+])
+def test_request_fields_checked_at_build(tmp_path: Path, fields: str, needle: str) -> None:
+    root = example_project(tmp_path / "proj", tmp_path.parent)
+    (root / "scorer.py").write_text(SCORER_WITH_FIELDS.replace('"amount", ', "").replace("amount", "spend_30d"))
+    toml = (root / "fsql.toml").read_text()
+    (root / "fsql.toml").write_text(toml.replace(
+        'kind = "onnx"\npath = "models/churn.onnx"',
+        f'kind = "python"\nentry_point = "scorer:score"\nrequest_fields = {fields}'))
+    with pytest.raises(fsql.errors.ConfigError) as refused, fsql.Store(root) as store:  # noqa: PT012
+        store.build()
+    assert needle in str(refused.value) and str(refused.value).startswith("fsql.toml:")
+
+
+def test_feature_requests_logged_when_configured(project: Path) -> None:
+    folder = project / ".fsql" / "logs" / "features"
+    body = {"features": FEATURES, "entities": {"customer_id": [1, 2, 10**9]}}
+    quiet = Running(project, {}, log_features=True)  # model logs on, feature reads not asked for
+    try:
+        assert quiet.client.post("/v1/features", json=body).status_code == 200
+    finally:
+        quiet.stop()
+    assert not folder.exists()
+
+    running = Running(project, {"server": {"log_feature_requests": True}}, log_features=False)
+    began = datetime.now(UTC)
+    try:
+        first = running.client.post("/v1/features", json=body).json()["columns"]
+        second = running.client.post("/v1/features", json={"training_set": "churn",
+                                                           "entities": {"customer_id": [3]}}).json()["columns"]
+        refused = running.client.post("/v1/features", json={"features": ["customer_spend.nope"],
+                                                            "entities": {"customer_id": [4]}})
+        assert refused.status_code == 404
+    finally:
+        running.stop()  # flushes the log
+    files = sorted(folder.glob("date=*/*.parquet"))
+    assert files and all(f.parent.name == f"date={datetime.now(UTC).date().isoformat()}" for f in files)
+    logged = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed").sort("served_at")
+    assert logged.height == 4  # the refused request served nothing
+    assert logged.schema["served_at"] == pl.Datetime("us", "UTC") and logged.schema["spend_30d"] == pl.Float64
+    assert (logged["served_at"] >= began).all()
+    expected = [{k: v[i] for k, v in first.items()} for i in range(3)] + [{k: v[0] for k, v in second.items()}]
+    for row, want in zip(logged.drop("served_at").to_dicts(), expected, strict=True):
+        assert {k: v for k, v in row.items() if k in want} == want
+
+
+def _workers(master: int) -> set[int]:
+    """The worker processes of a uvicorn master: its children running the app."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == master and b"resource_tracker" not in cmdline:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def test_multi_worker_reload_drops_nothing(tmp_path: Path) -> None:
+    """`fsql serve --workers 2` as a user runs it: a build and a materialization are picked up by every
+    worker through the registry-version poll, and SIGHUP replaces the workers, all under load with no
+    failed request."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    root = example_project(tmp_path / "proj", tmp_path.parent)
+    toml = root / "fsql.toml"
+    toml.write_text(toml.read_text().replace("[server]", "[server]\nreload_poll_s = 0.3\nlog_features = false", 1))
+    with fsql.Store(root) as store:
+        store.build()
+        store.materialize()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "FSQL_API_KEYS"}
+    server = subprocess.Popen([sys.executable, "-m", "fsql.cli", "serve", "--workers", "2", "--port", str(port),
+                               "--project", str(root)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    body = {"features": ["customer_spend.spend_30d", "customer_profile.*"], "entities": {"customer_id": [1, 2, 3]}}
+    statuses: list[int] = []
+    failures: list[str] = []
+    phase = ["start"]
+    stop = threading.Event()
+
+    async def load() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            async def worker(i: int) -> None:
+                while not stop.is_set():
+                    path, payload = (("/v1/features", body) if i % 2 else
+                                     ("/v1/models/churn/predict", {"entities": {"customer_id": [i + 1]}}))
+                    try:
+                        statuses.append((await client.post(path, json=payload)).status_code)
+                    except httpx.HTTPError as e:
+                        failures.append(f"{phase[0]}: {path}: {type(e).__name__}: {e}")
+
+            await asyncio.gather(*(worker(i) for i in range(8)))
+
+    def status_everywhere(client: httpx.Client, wanted: str) -> None:
+        """Wait until 20 answers in a row (from either worker) give spend_30d this status."""
+        deadline, streak = time.monotonic() + 60, 0
+        while streak < 20:
+            assert time.monotonic() < deadline, f"the workers did not all reach status {wanted}"
+            answer = client.post("/v1/features", json=body)
+            assert answer.status_code == 200, answer.text
+            streak = streak + 1 if answer.json()["columns"]["spend_30d__status"][0] == wanted else 0
+
+    loader = threading.Thread(target=lambda: asyncio.run(load()))
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            deadline = time.monotonic() + 90
+            while True:
+                assert server.poll() is None, server.stderr.read().decode() if server.stderr else ""
+                assert time.monotonic() < deadline, "fsql serve did not become ready"
+                try:
+                    if client.get("/readyz").status_code == 200 and len(_workers(server.pid)) == 2:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+            status_everywhere(client, "present")
+            loader.start()
+            time.sleep(0.5)
+
+            # A build that changes a view: its new version has never been materialized.
+            phase[0] = "build"
+            toml.write_text(toml.read_text().replace("spend_window_days = 30", "spend_window_days = 31"))
+            with fsql.Store(root) as store:
+                store.build()
+            status_everywhere(client, "not_materialized")
+            phase[0] = "materialize"
+            with fsql.Store(root) as store:
+                store.materialize()
+                expected = store.reader().read(body["features"], body["entities"]).columns
+            status_everywhere(client, "present")
+            assert client.post("/v1/features", json=body).json()["columns"] == expected
+
+            # SIGHUP: uvicorn brings up a new worker before retiring each old one.
+            before = _workers(server.pid)
+            phase[0] = "SIGHUP"
+            server.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 120
+            while not (len(after := _workers(server.pid)) == 2 and not after & before):
+                assert time.monotonic() < deadline, "SIGHUP did not replace the workers"
+                assert server.poll() is None
+                time.sleep(0.2)
+            time.sleep(0.5)
+            assert client.post("/v1/features", json=body).json()["columns"] == expected
+    finally:
+        phase[0] = "stop"
+        stop.set()
+        if loader.is_alive():
+            loader.join(timeout=60)
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    assert not failures, failures[:5]
+    assert len(statuses) > 100 and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+
+
+def test_batcher_closed_by_a_reload_still_answers() -> None:
+    """A request holding a replaced state's batcher is scored alone, not left waiting forever."""
+    from fsql.server.batching import MicroBatcher
+
+    async def run() -> list[int]:
+        batcher: MicroBatcher[int, int] = MicroBatcher(lambda items: [i * 2 for i in items], max_batch=8, max_wait_ms=1)
+        first = await batcher.submit(1)
+        await batcher.close()
+        late = await asyncio.wait_for(batcher.submit(5), timeout=10)
+        failing: MicroBatcher[int, int] = MicroBatcher(lambda items: [ValueError("bad")] * len(items), max_batch=8,
+                                                       max_wait_ms=1)
+        await failing.close()
+        with pytest.raises(ValueError, match="bad"):
+            await asyncio.wait_for(failing.submit(1), timeout=10)
+        return [first, late]
+
+    assert asyncio.run(run()) == [2, 10]

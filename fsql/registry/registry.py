@@ -1645,10 +1645,12 @@ class _Lineage:
             if candidate in ("source", "model", "entity"):
                 table = {"source": t.sources, "model": t.models, "entity": t.entities}[candidate]
                 found = self.conn.execute(
-                    sa.select(table.c.name).where(table.c.name == name, table.c.removed_at.is_(None))
+                    sa.select(table.c.name, table.c.fingerprint).where(table.c.name == name,
+                                                                       table.c.removed_at.is_(None))
                 ).first()
                 if found is not None:
-                    return candidate, None
+                    # A model's version is its registered spec's (`fsql ls`); sources and entities have none.
+                    return candidate, found.fingerprint[:12] if candidate == "model" else None
         names = {n for _, n in self._current}
         for table in (t.sources, t.models):
             names.update(

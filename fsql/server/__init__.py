@@ -22,7 +22,8 @@ def factory() -> Starlette:
     from fsql.store import Store
 
     root = os.environ.get(ROOT_ENV, ".")
-    return create_app(root, batching=os.environ.get(BATCHING_ENV, "1") != "0", root_app=catalog_app(Store(root)))
+    return create_app(root, batching=os.environ.get(BATCHING_ENV, "1") != "0", root_app=catalog_app(Store(root)),
+                      freeze_gc=True)
 
 
 def serve(root: str | Path = ".", *, host: str = "127.0.0.1", port: int = 8766, workers: int = 1,
@@ -35,5 +36,10 @@ def serve(root: str | Path = ".", *, host: str = "127.0.0.1", port: int = 8766, 
     settings = load_config(root).server  # fail on a bad [server] section before binding the port
     os.environ[ROOT_ENV] = str(Path(root).resolve())
     os.environ[BATCHING_ENV] = "1" if batching else "0"
+    # A worker is ready once it has loaded its serving plan and models; on SIGHUP uvicorn replaces
+    # workers one by one and retires an old one only when its replacement is ready, so give loading
+    # the time a busy machine needs rather than abort the restart.
     uvicorn.run("fsql.server:factory", factory=True, host=host, port=port, workers=workers, loop="uvloop",
-                http="httptools", log_level=settings.log_level, access_log=settings.access_log)
+                http="fsql.server.drain:DrainingHttpToolsProtocol", log_level=settings.log_level,
+                access_log=settings.access_log,
+                timeout_worker_healthcheck=60)

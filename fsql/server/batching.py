@@ -32,6 +32,12 @@ class MicroBatcher(Generic[Item, Result]):
 
     async def submit(self, item: Item) -> Result:
         loop = asyncio.get_running_loop()
+        if self._closed and (self._task is None or self._task.done()):
+            # A request that still holds a replaced state: score it alone rather than wait forever.
+            result = (await loop.run_in_executor(None, self.run, [item]))[0]
+            if isinstance(result, BaseException):
+                raise result
+            return result
         if self._task is None:
             self._wake = asyncio.Event()
             self._task = loop.create_task(self._loop())

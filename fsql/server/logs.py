@@ -1,8 +1,8 @@
 """The served-feature log, written off the request path.
 
 A request hands its rows to a bounded queue and returns; a writer thread appends them as Parquet files
-under ``.fsql/logs/<model>/date=YYYY-MM-DD/``. A full queue drops the rows and counts them: logging never
-slows or blocks serving.
+under ``.fsql/logs/<model>/date=YYYY-MM-DD/`` (and ``.fsql/logs/features/`` for feature reads). A full
+queue drops the rows and counts them: logging never slows or blocks serving.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from typing import Any
 
 import polars as pl
 
-Rows = tuple[str, dict[str, list[Any]], int]  # model, columns, row count
+Schema = Mapping[str, pl.DataType]
+# model (or "features"), columns, row count, and the columns' types when the rows bring their own
+Rows = tuple[str, dict[str, list[Any]], int, Schema | None]
 
 
 class FeatureLog:
@@ -32,9 +34,9 @@ class FeatureLog:
         self._thread = threading.Thread(target=self._run, name="fsql-log", daemon=True)
         self._thread.start()
 
-    def offer(self, model: str, columns: dict[str, list[Any]], count: int) -> None:
+    def offer(self, model: str, columns: dict[str, list[Any]], count: int, schema: Schema | None = None) -> None:
         try:
-            self._queue.put_nowait((model, columns, count))
+            self._queue.put_nowait((model, columns, count, schema))
         except queue.Full:
             self.on_drop(model, count)
 
@@ -43,7 +45,7 @@ class FeatureLog:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        buffers: dict[str, list[dict[str, list[Any]]]] = {}
+        buffers: dict[str, list[tuple[dict[str, list[Any]], Schema | None]]] = {}
         sizes: dict[str, int] = {}
         done = False
         while not done:
@@ -54,18 +56,24 @@ class FeatureLog:
             if item is None:
                 done = True
             elif item is not ...:
-                model, columns, count = item  # type: ignore[misc]
-                buffers.setdefault(model, []).append(columns)
+                model, columns, count, schema = item  # type: ignore[misc]
+                buffers.setdefault(model, []).append((columns, schema))
                 sizes[model] = sizes.get(model, 0) + count
                 if sizes[model] < self.flush_rows:
                     continue
             for model in list(buffers):
                 self._write(model, buffers.pop(model), sizes.pop(model))
 
-    def _write(self, model: str, parts: list[dict[str, list[Any]]], count: int) -> None:
+    def _write(self, model: str, parts: list[tuple[dict[str, list[Any]], Schema | None]], count: int) -> None:
         try:
-            schema = dict(self.schema(model))
-            frames = [pl.DataFrame(p, schema={k: schema.get(k) for k in p}, strict=False) for p in parts]
+            shared = None
+            frames = []
+            for columns, own in parts:
+                if own is None:
+                    shared = dict(self.schema(model)) if shared is None else shared
+                schema = own if own is not None else shared
+                assert schema is not None
+                frames.append(pl.DataFrame(columns, schema={k: schema.get(k) for k in columns}, strict=False))
             frame = pl.concat(frames, how="diagonal_relaxed")
             day = datetime.now(UTC).date().isoformat()
             folder = self.root / model / f"date={day}"

@@ -47,10 +47,12 @@ SPEC: dict[str, Any] = {
         ),
         "/v1/models/{name}/predict": _post(
             "Predictions of a model from its training set's online features (micro-batched)",
-            {"type": "object", "required": ["entities"], "properties": {"entities": _ENTITIES}},
+            {"type": "object", "required": ["entities"], "properties": {"entities": _ENTITIES, "request_fields": {
+                "type": "object", "description": "The model's request-time fields (GET /v1/models), one value per entity",
+                "additionalProperties": {"type": "array", "items": {}}}}},
             {"type": "object", "properties": {
                 "model": {"type": "string"}, "predictions": {"type": "array", "items": {"type": "number"}},
-                "features": {"type": "object"}, "statuses": {"type": "object"}}},
+                "features": {"type": "object"}, "statuses": {"type": "object"}, "request_fields": {"type": "object"}}},
             parameters=[{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
         ),
         "/v1/models": _get("The models served, their inputs and entity keys"),

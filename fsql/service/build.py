@@ -28,6 +28,7 @@ from fsql.definitions import (
     FeatureView,
     Model,
     Project,
+    RequestField,
     Source,
     TrainingSet,
     expand_refs,
@@ -35,7 +36,7 @@ from fsql.definitions import (
 )
 from fsql.engines import history_name
 from fsql.errors import ConfigError, EngineError, FeatureFileError, UnavailableError, did_you_mean
-from fsql.models import bind_inputs, file_digest, load_model, model_file
+from fsql.models import PREDICTION, bind_inputs, file_digest, load_model, model_file
 from fsql.parsing import governance
 from fsql.parsing.git import head_commit
 from fsql.parsing.project import ParsedFile, ParsedProject, parse_project
@@ -376,12 +377,20 @@ class _Builder:
 def _bind_model(ctx: Context, config: ModelConfig, training_set: TrainingSet) -> Model:
     """The registered model: its file loaded once to check that its inputs are the set's features, and
     the column order to feed it recorded, so serving never has to guess."""
+    fields = tuple(RequestField(name, dtype) for name, dtype in config.request_fields)
     model = Model(config.name, config.training_set, config.path, config.entry_point, config.kind,
-                  max_batch=config.batching.max_batch, max_wait_ms=config.batching.max_wait_ms)
+                  max_batch=config.batching.max_batch, max_wait_ms=config.batching.max_wait_ms,
+                  request_fields=fields)
     outputs = output_names(training_set.features, [c.name for c in training_set.spine_columns])
     features = [outputs[ref] for ref in training_set.features]
+    for declared in fields:
+        # A request field is its own column: the spine carries it in batch, the request online.
+        if declared.name in features or declared.name in (training_set.timestamp, PREDICTION):
+            raise ConfigError(f"model '{config.name}': request field '{declared.name}' has the name of a column of "
+                              f"training set '{training_set.name}'", path=CONFIG_FILE, line=config.line,
+                              hint="rename the request field")
     loaded = load_model(model, ctx.config.root, line=config.line)
-    inputs = bind_inputs(loaded, features, line=config.line)
+    inputs = bind_inputs(loaded, features, request=[f.name for f in fields], line=config.line)
     digest = file_digest(model_file(model, ctx.config.root, config.line)) if model.path else None
     return replace(model, inputs=inputs, digest=digest)
 

@@ -41,6 +41,28 @@ _INT64 = (-(2**63), 2**63 - 1)
 
 
 @dataclass(frozen=True)
+class _ViewRead:
+    """How to read one view for a request shape: its table, keys, and where each feature goes."""
+
+    view: FeatureView
+    table: OnlineTable
+    keys: tuple[str, ...]
+    key_types: tuple[str, ...]
+    features: tuple[tuple[int, str, pl.DataType], ...]  # (position in the table's row, output name, type)
+
+
+@dataclass(frozen=True)
+class ReadLayout:
+    """A request shape (what it names, which entity key columns it gives) resolved against a plan."""
+
+    reads: tuple[_ViewRead, ...]
+    key_dtypes: dict[str, pl.DataType]
+
+
+_LAYOUTS = 1024  # request shapes remembered per plan; a new plan starts afresh
+
+
+@dataclass(frozen=True)
 class ServingPlan:
     """Everything a read needs, loaded from the registry once: never queried on the request path."""
 
@@ -49,6 +71,9 @@ class ServingPlan:
     materialized: frozenset[tuple[str, str]]  # (view, version) pairs with at least one successful run
     tables: dict[str, OnlineTable] = field(default_factory=dict)
     dtypes: dict[tuple[str, str], pl.DataType] = field(default_factory=dict)  # (view, column) -> polars type
+    # Resolved request shapes: a server sees the same few again and again, and resolving one (refs,
+    # output names, key layouts) cost more than the rest of a one-entity read.
+    _layouts: dict[tuple[Any, ...], ReadLayout] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def load(cls, registry: Registry) -> ServingPlan:
@@ -74,6 +99,41 @@ class ServingPlan:
         if not features:
             raise RequestError("no features requested", hint="name a view, a training set or view.feature refs")
         return expand_refs([parse_ref(f) for f in features], self.views)
+
+    def layout(self, features: Sequence[str] | str, keys: Sequence[str]) -> ReadLayout:
+        """The resolved layout of a read of ``features`` given entity key columns ``keys`` (cached)."""
+        named = features if isinstance(features, str) else tuple(features)
+        cacheable = isinstance(named, str) or all(isinstance(f, str) for f in named)
+        cache_key = (named, tuple(keys))
+        if cacheable and (found := self._layouts.get(cache_key)) is not None:
+            return found
+        refs = self.refs(features)
+        outputs = output_names(refs, list(keys))
+        by_view: dict[str, list[FeatureRef]] = {}
+        for ref in refs:
+            by_view.setdefault(ref.view, []).append(ref)
+        key_dtypes: dict[str, pl.DataType] = {}
+        reads = []
+        for name, view_refs in by_view.items():
+            view = self.views[name]
+            missing = [k for k in view.entity_keys if k not in keys]
+            if missing:
+                raise RequestError(f"feature view '{name}' needs entity key(s) {', '.join(missing)}",
+                                   hint=f"give a value for each of its keys: {', '.join(view.entity_keys)}")
+            for key in view.entity_keys:
+                key_dtypes[key] = self.dtypes[(name, key)]
+            table = self.tables[name]
+            reads.append(_ViewRead(
+                view, table, tuple(view.entity_keys),
+                tuple(view.column(k).dtype for k in view.entity_keys),  # type: ignore[union-attr]
+                tuple((table.features.index(r.feature), outputs[r], self.dtypes[(r.view, r.feature)])
+                      for r in view_refs)))
+        layout = ReadLayout(tuple(reads), key_dtypes)
+        if cacheable:
+            if len(self._layouts) >= _LAYOUTS:
+                self._layouts.clear()
+            self._layouts[cache_key] = layout
+        return layout
 
 
 @dataclass
@@ -137,41 +197,31 @@ class FeatureReader:
         now: datetime | None = None,
     ) -> OnlineResult:
         plan = self.plan()
-        refs = plan.refs(features)
         columns = {k: list(v) for k, v in entities.items()}
         lengths = {len(v) for v in columns.values()}
         if len(lengths) > 1:
             raise RequestError("entity key columns have different lengths",
                                hint="give one value per entity for every key column")
         count = lengths.pop() if lengths else 0
-        outputs = output_names(refs, list(columns))
-        by_view: dict[str, list[FeatureRef]] = {}
-        for ref in refs:
-            by_view.setdefault(ref.view, []).append(ref)
-        dtypes: dict[str, pl.DataType] = {}
+        layout = plan.layout(features, list(columns))
+        dtypes: dict[str, pl.DataType] = dict(layout.key_dtypes)
         requests = []
-        for name in by_view:
-            view = plan.views[name]
-            missing = [k for k in view.entity_keys if k not in columns]
-            if missing:
-                raise RequestError(f"feature view '{name}' needs entity key(s) {', '.join(missing)}",
-                                   hint=f"give a value for each of its keys: {', '.join(view.entity_keys)}")
-            for key in view.entity_keys:
-                dtypes[key] = plan.dtypes[(name, key)]
-            key_types = [view.column(k).dtype for k in view.entity_keys]  # type: ignore[union-attr]
-            for key, key_type in zip(view.entity_keys, key_types, strict=True):
+        for read in layout.reads:
+            for key, key_type in zip(read.keys, read.key_types, strict=True):
                 columns[key] = [_key_value(v, key_type, key) for v in columns[key]]
-            keys = [tuple(columns[k][i] for k in view.entity_keys) for i in range(count)]
-            requests.append((plan.tables[name], keys))
+            if len(read.keys) == 1:
+                keys = [(v,) for v in columns[read.keys[0]]]
+            else:
+                keys = list(zip(*(columns[k] for k in read.keys), strict=True))
+            requests.append((read.table, keys))
         results = self.store.read(requests)
         now = as_utc(now) if now else datetime.now(UTC)
         data: dict[str, list[Any]] = dict(columns)
-        for (table, _keys), rows in zip(requests, results, strict=True):
-            view = plan.views[table.view]
+        for read, rows in zip(layout.reads, results, strict=True):
+            view = read.view
             stale_before = now - view.ttl if view.ttl else None
             absent = MISSING if (view.name, view.version) in plan.materialized else NOT_MATERIALIZED
-            for ref in by_view[table.view]:
-                index = table.features.index(ref.feature)
+            for index, out, dtype in read.features:
                 values, statuses = [], []
                 for row in rows:
                     if row is None:
@@ -183,10 +233,9 @@ class FeatureReader:
                     else:
                         values.append(row.values[index])
                         statuses.append(PRESENT)
-                out = outputs[ref]
                 data[out] = values
                 data[f"{out}{STATUS_SUFFIX}"] = statuses
-                dtypes[out] = plan.dtypes[(ref.view, ref.feature)]
+                dtypes[out] = dtype
         return OnlineResult(data, dtypes, count)
 
 

@@ -23,12 +23,12 @@ import pyarrow as pa
 
 from fsql.definitions import Model, TrainingSet, as_utc, output_names
 from fsql.errors import NotBuiltError, NotFoundError, RequestError, did_you_mean
-from fsql.models import LoadedModel, load_model
+from fsql.models import PREDICTION, LoadedModel, load_model, request_values
 from fsql.service.context import Context
 
 LOG_DIR = Path(".fsql") / "logs"
+FEATURES_LOG = "features"  # the log of POST /v1/features, beside the models' logs
 SERVED_AT = "served_at"
-PREDICTION = "prediction"
 STATUS_SUFFIX = "__status"
 
 
@@ -57,8 +57,15 @@ def load(ctx: Context, model: Model) -> LoadedModel:
 
 
 def score_table(model: Model, loaded: LoadedModel, table: pa.Table) -> pa.Table:
-    """``table`` (a training set) with a ``prediction`` column appended."""
-    columns = {name: table.column(name).to_pylist() for name in model.inputs}
+    """``table`` (a training set) with a ``prediction`` column appended; request-time fields are read
+    from the spine's columns of the same name."""
+    missing = [f.name for f in model.request_fields if f.name not in table.column_names]
+    if missing:
+        raise RequestError(f"model '{model.name}' takes request field(s) {', '.join(missing)}, which the spine "
+                           "does not have", hint=f"give a spine (--spine) with column(s) {', '.join(missing)}")
+    columns = {name: table.column(name).to_pylist() for name in model.feature_inputs}
+    for f in model.request_fields:
+        columns[f.name] = request_values(f, table.column(f.name).to_pylist(), source="spine")
     predictions = loaded.predict(model.inputs, columns) if table.num_rows else []
     return table.append_column(PREDICTION, pa.array(predictions, type=pa.float64()))
 
@@ -127,7 +134,7 @@ def compare(model: Model, log: pl.DataFrame, recomputed: pl.DataFrame, keys: Seq
     if recomputed.height != log.height:
         raise RequestError("the recomputed training set does not align with the log")
     report = []
-    for name in model.inputs:
+    for name in model.feature_inputs:  # request fields were sent, not read: nothing to recompute
         served, offline = log[name].to_list(), recomputed[columns.get(name, name)].to_list()
         differing, found = 0, []
         for i, (a, b) in enumerate(zip(served, offline, strict=True)):
