@@ -103,32 +103,59 @@ def feature_stats(
         }
         if stats["numeric"]:
             stats.update({k: _json(row[f"c{i}_{k}"]) for k in ("mean", "std", "p1", "p50", "p99")})
-            stats["histogram"] = _histogram(engine, source, column, stats["min"], stats["max"], bins)
         out[column.name] = stats
+    histograms = _histograms(engine, source, [(c, out[c.name]["min"], out[c.name]["max"]) for c in columns
+                                              if out[c.name]["numeric"]], bins)
+    for column in columns:
+        if out[column.name]["numeric"]:
+            out[column.name]["histogram"] = histograms.get(column.name)
     return out
 
 
-def _histogram(engine: Engine, source: exp.Expression, column: Column, low: float | None, high: float | None,
-               bins: int) -> dict[str, Any] | None:
-    """Counts in ``bins`` equal-width bins over [low, high]; the maximum falls in the last bin."""
-    if low is None or high is None:
-        return None
-    value = _number(exp.column(column.name, quoted=True), column.dtype)
-    if high == low:
-        return {"edges": [low, high], "counts": None}
-    width = (high - low) / bins
-    offset = exp.Div(this=exp.paren(exp.Sub(this=value.copy(), expression=exp.Literal.number(repr(low)))),
-                     expression=exp.Literal.number(repr(width)))
-    bucket = exp.Least(this=exp.cast(exp.Floor(this=offset), exp.DataType.build("int")),
-                       expressions=[exp.Literal.number(bins - 1)])
-    finite = exp.and_(exp.GTE(this=value.copy(), expression=exp.Literal.number(repr(low))),
-                      exp.LTE(this=value.copy(), expression=exp.Literal.number(repr(high))))
-    query = (exp.select(exp.alias_(bucket, "b"), exp.alias_(exp.Count(this=exp.Star()), "n"))
-             .from_(source.copy()).where(finite).group_by(exp.column("b")))
-    counts = [0] * bins
+def _histograms(engine: Engine, source: exp.Expression, ranges: Sequence[tuple[Column, Any, Any]], bins: int
+                ) -> dict[str, dict[str, Any] | None]:
+    """Counts in ``bins`` equal-width bins over [low, high] per column (the maximum falls in the last bin).
+
+    One query for every column: the relation is often a point-in-time view of a whole history, so
+    evaluating it once per feature made statistics the bulk of a materialization. Each row is paired
+    with the index of every binned column, and the pair's bucket is grouped."""
+    out: dict[str, dict[str, Any] | None] = {}
+    binned: list[tuple[int, Column, float, float]] = []
+    for column, low, high in ranges:
+        if low is None or high is None:
+            out[column.name] = None
+        elif high == low:
+            out[column.name] = {"edges": [low, high], "counts": None}
+        else:
+            binned.append((len(binned), column, float(low), float(high)))
+    if not binned:
+        return out
+    index = exp.column("i", "__fsql_f")
+    buckets, inside = exp.Case(this=index.copy()), exp.Case(this=index.copy())
+    for i, column, low, high in binned:
+        value = _number(exp.column(column.name, "__fsql_r", quoted=True), column.dtype)
+        offset = exp.Div(this=exp.paren(exp.Sub(this=value.copy(), expression=exp.Literal.number(repr(low)))),
+                         expression=exp.Literal.number(repr((high - low) / bins)))
+        buckets = buckets.when(exp.Literal.number(i), exp.Least(
+            this=exp.cast(exp.Floor(this=offset), exp.DataType.build("int")),
+            expressions=[exp.Literal.number(bins - 1)]))
+        inside = inside.when(exp.Literal.number(i), exp.and_(
+            exp.GTE(this=value.copy(), expression=exp.Literal.number(repr(low))),
+            exp.LTE(this=value.copy(), expression=exp.Literal.number(repr(high)))))
+    indices = exp.values([(exp.Literal.number(i),) for i, *_ in binned], alias="__fsql_f", columns=["i"])
+    rows = source.copy()
+    rows.set("alias", exp.TableAlias(this=exp.to_identifier("__fsql_r")))
+    query = (exp.select(exp.alias_(index.copy(), "i"), exp.alias_(buckets, "b"),
+                        exp.alias_(exp.Count(this=exp.Star()), "n"))
+             .from_(rows).join(indices, join_type="cross").where(inside)
+             .group_by(exp.column("i"), exp.column("b")))
+    counts = {i: [0] * bins for i, *_ in binned}
     for r in engine.arrow(query.sql(dialect=engine.dialect)).to_pylist():
-        counts[min(max(int(r["b"]), 0), bins - 1)] += int(r["n"])
-    return {"edges": [low + width * i for i in range(bins)] + [high], "counts": counts}
+        counts[int(r["i"])][min(max(int(r["b"]), 0), bins - 1)] += int(r["n"])
+    for i, column, low, high in binned:
+        width = (high - low) / bins
+        out[column.name] = {"edges": [low + width * k for k in range(bins)] + [high], "counts": counts[i]}
+    return out
 
 
 def _percentile(value: exp.Expression, q: float, dialect: str) -> exp.Expression:
