@@ -198,6 +198,9 @@ class PostgresEngine(SchemaDDL):
             finally:
                 cur.close()
             self.execute(f"COMMENT ON TABLE \"{self.schema}\".\"{table}\" IS 'fsql:{signature}'")
+            # Without statistics the planner takes the table for a few rows and probes it with a
+            # bitmap scan and a sort instead of the index's order (5x slower on the example's ASOF join).
+            self.execute(f"ANALYZE {view_table(self.schema, table).sql(dialect=self.dialect)}")
             loaded.append(source.name)
         return loaded
 
