@@ -335,6 +335,12 @@ def test_loaded_sources_get_the_index_their_asof_join_probes(tmp_path: Path, pg_
         indexes = pg.execute("SELECT tablename, indexdef FROM pg_indexes WHERE schemaname = %s AND tablename LIKE 'src%%'",
                              [pg_schema]).fetchall()
         assert [(t, d.split(" USING btree ")[1]) for t, d in indexes] == [("src__rates", "(currency, rate_ts)")]
+        assert not service.build().built  # nothing changed, nothing to index
+        # a warehouse built before sources were indexed gets the index at its next build
+        pg.execute(f'DROP INDEX "{pg_schema}"."__fsql_src__rates__currency__rate_ts"')
+        assert service.build().built
+        assert pg.execute("SELECT count(*) FROM pg_indexes WHERE schemaname = %s AND tablename = 'src__rates'",
+                          [pg_schema]).fetchone()[0] == 1
     finally:
         service.close()
 

@@ -131,6 +131,9 @@ class Engine(Protocol):
         ``persists_history``): created anew with ``recreate``, every row rewritten with ``full``,
         otherwise only the difference, and nothing at all while ``inputs`` are unchanged."""
 
+    def create_indexes(self, indexes: Sequence[exp.Create]) -> list[str]:
+        """Create the indexes (``CREATE INDEX IF NOT EXISTS``) that do not exist yet; their names."""
+
     def hold_lock(self, name: str, *, doing: str, shared: bool = False) -> None:
         """Hold the lock ``name`` of this engine's schema until the current transaction ends, so that
         two processes doing the same thing take turns; raise ContentionError naming ``doing`` (what
@@ -194,6 +197,9 @@ class SchemaDDL:
 
     def hold_lock(self, name: str, *, doing: str, shared: bool = False) -> None:
         return None  # DuckDB's file lock already admits one writer
+
+    def create_indexes(self, indexes: Sequence[exp.Create]) -> list[str]:
+        return []  # columnar engines scan; the compiler gives them no index to create
 
     def ensure_schema(self) -> None:
         self.execute(exp.Create(this=exp.to_identifier(self.schema, quoted=True), kind="SCHEMA", exists=True)

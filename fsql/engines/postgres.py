@@ -235,6 +235,17 @@ class PostgresEngine(SchemaDDL):
         self.execute(f"DROP VIEW IF EXISTS {self._qualified(name)} CASCADE")
         self.execute(f"CREATE VIEW {self._qualified(name)} AS {body}")
 
+    def create_indexes(self, indexes: Sequence[exp.Create]) -> list[str]:
+        existing = set(self._relation_states(kinds=("i",)))
+        created = []
+        for index in indexes:
+            name = index.this.this.name
+            if name not in existing:
+                self.execute(index.sql(dialect=self.dialect))
+                existing.add(name)
+                created.append(name)
+        return created
+
     def hold_lock(self, name: str, *, doing: str, shared: bool = False) -> None:
         """A transaction-scoped advisory lock keyed by (schema, name). Polled rather than waited for,
         so that a wait is bounded and the error can say who holds the lock."""
@@ -317,14 +328,15 @@ class PostgresEngine(SchemaDDL):
                 self.execute(comment.sql(dialect=self.dialect))
         return outcome
 
-    def _relation_states(self) -> dict[str, dict[str, Any]]:
-        """Per table or view of the schema: its kind ('r', 'v'), comment and view definition."""
+    def _relation_states(self, kinds: Sequence[str] = ("r", "v")) -> dict[str, dict[str, Any]]:
+        """Per relation of the schema of one of ``kinds`` (pg_class.relkind: 'r' table, 'v' view,
+        'i' index): its kind, comment and view definition."""
         rows = self.arrow(
             "SELECT c.relname AS name, CAST(c.relkind AS TEXT) AS kind, obj_description(c.oid, 'pg_class') AS note, "
             "CASE WHEN c.relkind = 'v' THEN pg_get_viewdef(c.oid) END AS definition "
             "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = $1 AND c.relkind IN ('r', 'v')",
-            [self.schema],
+            "WHERE n.nspname = $1 AND CAST(c.relkind AS TEXT) = ANY(string_to_array($2, ','))",
+            [self.schema, ",".join(kinds)],
         ).to_pylist()
         return {r["name"]: r for r in rows}
 

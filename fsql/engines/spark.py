@@ -318,6 +318,7 @@ class SparkEngine:
     _qualified = SchemaDDL._qualified
     ensure_schema = SchemaDDL.ensure_schema
     hold_lock = SchemaDDL.hold_lock
+    create_indexes = SchemaDDL.create_indexes
 
     def replace_view(self, name: str, body: str) -> None:
         entry = _Entry(name, "view", body)

@@ -125,7 +125,8 @@ def build(
             changes = diff_definitions(project, snapshot.view_definitions, snapshot.training_set_definitions)
             _note_missing(changes, missing)
             models_changed = {n: model_fingerprint(m) for n, m in project.models.items()} != snapshot.models
-            nothing = (not force and not missing and not models_changed
+            # A warehouse built before fsql indexed its sources gets the indexes on the next build.
+            nothing = (not force and not missing and not models_changed and not builder.indexed
                        and not any(c.action != "unchanged" for c in changes))
             result = BuildResult(changes, built=not (dry_run or nothing), views=list(project.views),
                                  training_sets=list(project.training_sets), reloaded=loaded, missing=missing)
@@ -149,6 +150,7 @@ class _Builder:
         self.schema = ctx.config.warehouse.schema
         self._key_types: dict[tuple[str, str], tuple[str, str]] = {}  # (entity, key) -> (type, first file)
         self.skip_models = False
+        self.indexed: list[str] = []  # indexes this build created on loaded sources
 
     def run(self, existing: dict[str, str], missing: list[str]
             ) -> tuple[Project, dict[str, dict[str, str]], list[LineageEdge], list[str]]:
@@ -178,8 +180,7 @@ class _Builder:
                 columns = engine.describe(exp.select("*").from_(self._table(name)).sql(dialect=engine.dialect))
                 # Before the history is computed from the view: its joins probe these indexes.
                 tree = sqlglot.parse_one(body, read=engine.dialect)
-                for index in source_indexes([tree], source_tables, engine.dialect):
-                    engine.execute(index.sql(dialect=engine.dialect))
+                self.indexed += engine.create_indexes(source_indexes([tree], source_tables, engine.dialect))
             view = self._feature_view(view_file, columns)
             views[name] = view
             previous = old_views.get(name)
