@@ -116,8 +116,12 @@ def test_a_run_with_nothing_new_leaves_the_history_untouched(tmp_path: Path, pg_
         assert len(before) == 30 * 4
         # a rewrite (DELETE + INSERT, or a merge that touched every row) gives every row a new ctid/xmin
         assert service.ctx.refresh_history(service.definitions()[0]["spend"]) == "unchanged"
+        stats = {r.feature: r.stats for r in service.registry.stats("spend", scope="latest")}
         service.materialize(end=T2)
         assert identities(pg, pg_schema, "spend__history") == before
+        # what is served did not change: the statistics hold, now as of the run's end
+        after_run = service.registry.stats("spend", scope="latest")
+        assert {r.feature: r.stats for r in after_run} == stats and {r.as_of for r in after_run} == {T2}
         # --full still rewrites everything
         service.materialize(end=T2, full=True)
         after = identities(pg, pg_schema, "spend__history")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Collection
 
+import sqlglot
 from sqlglot import exp
 
 from fsql.compiler.dialects import capabilities
@@ -28,12 +29,14 @@ _RANGES = (exp.GT, exp.GTE, exp.LT, exp.LTE)
 _MAX_NAME = 63
 
 
-def source_indexes(queries: Collection[exp.Expression], tables: Collection[exp.Table], dialect: str
+def source_indexes(queries: Collection[exp.Expression | str], tables: Collection[exp.Table], dialect: str
                    ) -> list[exp.Create]:
-    """``CREATE INDEX IF NOT EXISTS`` for each distinct lookup ``queries`` make into ``tables``
-    (tables as the queries name them, schema included); none for engines that do not use indexes."""
+    """``CREATE INDEX IF NOT EXISTS`` for each distinct lookup ``queries`` (trees, or SQL in
+    ``dialect``) make into ``tables`` (as the queries name them, schema included); none for engines
+    that do not use indexes."""
     if not capabilities(dialect).indexes:
         return []
+    queries = [sqlglot.parse_one(q, read=dialect) if isinstance(q, str) else q for q in queries]
     wanted = {_key(t): t for t in tables}
     found: dict[tuple[str, str], list[tuple[str, ...]]] = {}
     columns_of: dict[tuple[str, str], dict[str, exp.Identifier]] = {}

@@ -179,8 +179,7 @@ class _Builder:
                 engine.replace_view(name, body)
                 columns = engine.describe(exp.select("*").from_(self._table(name)).sql(dialect=engine.dialect))
                 # Before the history is computed from the view: its joins probe these indexes.
-                tree = sqlglot.parse_one(body, read=engine.dialect)
-                self.indexed += engine.create_indexes(source_indexes([tree], source_tables, engine.dialect))
+                self.indexed += engine.create_indexes(source_indexes([body], source_tables, engine.dialect))
             view = self._feature_view(view_file, columns)
             views[name] = view
             previous = old_views.get(name)
