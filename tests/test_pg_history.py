@@ -22,6 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fsql.compiler.indexes import source_indexes
+from fsql.compiler.views import volatile_calls
+from fsql.engines import HistoryInputs
 from fsql.engines.postgres import PostgresEngine
 from fsql.errors import ContentionError
 from tests.service_adapter import Service
@@ -129,6 +131,35 @@ def test_a_run_with_nothing_new_leaves_the_history_untouched(tmp_path: Path, pg_
         assert rows_of(pg, pg_schema, "spend__history") == rows_of(pg, pg_schema, "spend")
     finally:
         service.close()
+
+
+def test_a_view_calling_now_is_compared_on_every_refresh(tmp_path: Path, pg_schema: str, pg) -> None:
+    service = file_project(tmp_path, pg_schema)
+    try:
+        service.build()
+        views = service.definitions()[0]
+        assert service.ctx.history_inputs(views["spend"], views) == HistoryInputs(("spend",), ("events",))
+        (service.config.root / "features" / "spend.sql").write_text(
+            spend_sql().replace("AS code_num", "AS code_num, event_ts < now() - INTERVAL 1 DAY AS old"))
+        service.build()
+        views = service.definitions()[0]
+        assert service.ctx.history_inputs(views["spend"], views) is None
+        # its rows change with the clock alone: never trusted as unchanged, merged (here: nothing to write)
+        before = identities(pg, pg_schema, "spend__history")
+        assert [service.ctx.refresh_history(views["spend"]) for _ in range(2)] == ["merged", "merged"]
+        assert identities(pg, pg_schema, "spend__history") == before
+    finally:
+        service.close()
+
+
+def test_volatile_calls_are_found_wherever_they_are_written() -> None:
+    import sqlglot
+
+    sql = ("SELECT now(), age(x), age(a, b), random(), current_date, sum(y) OVER w, "
+           "(SELECT max(t) FROM s WHERE t < current_timestamp) FROM r")
+    assert volatile_calls(sqlglot.parse_one(sql, read="duckdb")) == [
+        "NOW()", "AGE(x)", "RAND()", "CURRENT_DATE", "CURRENT_TIMESTAMP()"]
+    assert volatile_calls(sqlglot.parse_one("SELECT date_trunc('day', t), age(a, b) FROM r", read="duckdb")) == []
 
 
 # -- a late row reaches the history by difference ----------------------------------------------------

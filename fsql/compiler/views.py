@@ -120,6 +120,8 @@ def volatile_calls(query: exp.Expression) -> list[str]:
     ``random()``, ``age(x)`` with one argument, which is ``age(now(), x)``), as written."""
     found = []
     for node in query.find_all(exp.Func):
-        if isinstance(node, _VOLATILE_CLASSES) or isinstance(node, exp.Anonymous) and node.name.lower() in _VOLATILE_NAMES or isinstance(node, exp.Anonymous) and node.name.lower() == "age" and len(node.expressions) == 1:
+        name = node.name.lower() if isinstance(node, exp.Anonymous) else None
+        one_argument_age = name == "age" and len(node.expressions) == 1
+        if isinstance(node, _VOLATILE_CLASSES) or name in _VOLATILE_NAMES or one_argument_age:
             found.append(node.sql())
     return found

@@ -271,7 +271,7 @@ class Context:
                     sources.add(name)
                 elif name in views:
                     pending.append(views[name])
-                elif name != view.name:
+                else:
                     return None
         return HistoryInputs(views=tuple(sorted(seen)), sources=tuple(sorted(sources)))
 
