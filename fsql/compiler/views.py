@@ -99,3 +99,29 @@ def column_lineage(query: exp.Query, relation_names: dict[str, str]) -> dict[str
                     pairs.append((upstream, column.name))
         result[name] = pairs
     return result
+
+
+# Calls whose value changes from one evaluation to the next with the same input rows: a view using
+# one is not a function of its inputs, so a copy of its rows can never be known to be current.
+_VOLATILE_CLASSES = tuple(
+    getattr(exp, name) for name in (
+        "CurrentDate", "CurrentTime", "CurrentTimestamp", "CurrentDatetime", "CurrentTimestampLTZ",
+        "Localtime", "Localtimestamp", "Rand", "Randn", "Uuid", "GenerateUuid",
+    ) if hasattr(exp, name)
+)
+_VOLATILE_NAMES = frozenset({
+    "now", "get_current_timestamp", "statement_timestamp", "clock_timestamp", "transaction_timestamp",
+    "timeofday", "today", "random", "setseed", "gen_random_uuid", "uuid", "nextval", "currval",
+})
+
+
+def volatile_calls(query: exp.Expression) -> list[str]:
+    """The calls in ``query`` whose value depends on when or how often it runs (``now()``,
+    ``random()``, ``age(x)`` with one argument, which is ``age(now(), x)``), as written."""
+    found = []
+    for node in query.find_all(exp.Func):
+        name = node.name.lower() if isinstance(node, exp.Anonymous) else None
+        one_argument_age = name == "age" and len(node.expressions) == 1
+        if isinstance(node, _VOLATILE_CLASSES) or name in _VOLATILE_NAMES or one_argument_age:
+            found.append(node.sql())
+    return found

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fsql.config import DuckDBWarehouse, PostgresWarehouse, SourceConfig, SparkWarehouse, Warehouse
-from fsql.engines.base import Engine, history_name, view_table
+from fsql.engines.base import BUILD_LOCK, Engine, HistoryInputs, HistoryRefresh, history_name, view_table
 
 
 def open_engine(warehouse: Warehouse, root: Path, *, read_only: bool = False,
@@ -28,4 +28,4 @@ def open_engine(warehouse: Warehouse, root: Path, *, read_only: bool = False,
     return DuckDBEngine(path, warehouse.schema, root, read_only=read_only, sources=sources)
 
 
-__all__ = ["Engine", "history_name", "open_engine", "view_table"]
+__all__ = ["BUILD_LOCK", "Engine", "HistoryInputs", "HistoryRefresh", "history_name", "open_engine", "view_table"]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import pyarrow as pa
 from sqlglot import exp
@@ -57,6 +58,27 @@ def columns_of(schema: pa.Schema) -> list[Column]:
     return [Column(f.name, sql_type(f.type)) for f in schema]
 
 
+@dataclass(frozen=True)
+class HistoryInputs:
+    """What a view's rows are a function of, where nothing else can change them: the generated
+    views it reads (itself included, transitively) and the file sources below them, whose loaded
+    tables change only when a build reloads them. A view that reads a live table or calls a
+    volatile function (``now()``) has none (``None`` where an ``inputs`` is expected)."""
+
+    views: tuple[str, ...]
+    sources: tuple[str, ...]
+
+
+# The lock every build holds exclusively and every history refresh shares (``Engine.hold_lock``): a
+# refresh never reads a schema half rebuilt, and two builds never create the schema or load a source
+# at the same time.
+BUILD_LOCK = "build"
+
+# What a history refresh did: nothing (its inputs are as they were), rows added and removed where the
+# view and the copy differ, every row rewritten, or the table created anew.
+HistoryRefresh = Literal["unchanged", "merged", "rewritten", "created"]
+
+
 class Engine(Protocol):
     """A warehouse: runs compiled SQL and owns its DDL. Engine differences are attributes here
     (``persists_history``), never ``isinstance`` checks in the layers above."""
@@ -106,8 +128,19 @@ class Engine(Protocol):
     def drop_relation(self, name: str) -> None:
         """Drop the view or table ``name`` if it exists (and, where the engine needs it, what reads it)."""
 
-    def refresh_history(self, name: str, index: exp.Expression | None, *, recreate: bool) -> None:
-        """Rewrite ``<name>__history`` from the view ``name`` (engines with ``persists_history``)."""
+    def refresh_history(self, name: str, index: exp.Expression | None, *, recreate: bool = False,
+                        full: bool = False, inputs: HistoryInputs | None = None) -> HistoryRefresh:
+        """Make ``<name>__history`` hold the rows of the view ``name`` (engines with
+        ``persists_history``): created anew with ``recreate``, every row rewritten with ``full``,
+        otherwise only the difference, and nothing at all while ``inputs`` are unchanged."""
+
+    def create_indexes(self, indexes: Sequence[exp.Create]) -> list[str]:
+        """Create the indexes (``CREATE INDEX IF NOT EXISTS``) that do not exist yet; their names."""
+
+    def hold_lock(self, name: str, *, doing: str, shared: bool = False) -> None:
+        """Hold the lock ``name`` of this engine's schema until the current transaction ends, so that
+        two processes doing the same thing take turns; raise ContentionError naming ``doing`` (what
+        the holder is doing) after a bounded wait. Engines with a single writer need none."""
 
     def write_parquet(self, sql: str, directory: Path, params: Sequence[Any] | None = None) -> int:
         """Write the query's rows, in order, as Parquet files in ``directory`` with bounded client
@@ -166,6 +199,12 @@ class SchemaDDL:
 
     def _qualified(self, name: str) -> str:
         return view_table(self.schema, name).sql(dialect=self.dialect)
+
+    def hold_lock(self, name: str, *, doing: str, shared: bool = False) -> None:
+        return None  # DuckDB's file lock already admits one writer
+
+    def create_indexes(self, indexes: Sequence[exp.Create]) -> list[str]:
+        return []  # columnar engines scan; the compiler gives them no index to create
 
     def ensure_schema(self) -> None:
         self.execute(exp.Create(this=exp.to_identifier(self.schema, quoted=True), kind="SCHEMA", exists=True)

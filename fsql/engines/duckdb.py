@@ -25,7 +25,14 @@ from sqlglot import exp
 
 from fsql.config import SourceConfig
 from fsql.definitions import Column
-from fsql.engines.base import SchemaDDL, columns_of, missing_source, write_batches_parquet
+from fsql.engines.base import (
+    HistoryInputs,
+    HistoryRefresh,
+    SchemaDDL,
+    columns_of,
+    missing_source,
+    write_batches_parquet,
+)
 from fsql.errors import EngineError, EngineUnavailableError
 
 
@@ -190,7 +197,8 @@ class DuckDBEngine(SchemaDDL):
     def replace_view(self, name: str, body: str) -> None:
         self.execute(f"CREATE OR REPLACE VIEW {self._qualified(name)} AS {body}")
 
-    def refresh_history(self, name: str, index: exp.Expression | None, *, recreate: bool) -> None:
+    def refresh_history(self, name: str, index: exp.Expression | None, *, recreate: bool = False,
+                        full: bool = False, inputs: HistoryInputs | None = None) -> HistoryRefresh:
         raise EngineError("DuckDB keeps no persisted view history")  # callers check persists_history
 
     def write_parquet(self, sql: str, directory: Path, params: Sequence[Any] | None = None) -> int:

@@ -29,7 +29,7 @@ from sqlglot import exp
 
 from fsql.config import SourceConfig, SparkWarehouse
 from fsql.definitions import Column
-from fsql.engines.base import SchemaDDL, columns_of, view_table
+from fsql.engines.base import HistoryInputs, HistoryRefresh, SchemaDDL, columns_of, view_table
 from fsql.errors import EngineError, EngineUnavailableError
 from fsql.extras import require_extra
 
@@ -322,6 +322,8 @@ class SparkEngine:
 
     _qualified = SchemaDDL._qualified
     ensure_schema = SchemaDDL.ensure_schema
+    hold_lock = SchemaDDL.hold_lock
+    create_indexes = SchemaDDL.create_indexes
 
     def replace_view(self, name: str, body: str) -> None:
         entry = _Entry(name, "view", body)
@@ -338,7 +340,8 @@ class SparkEngine:
             self._drop(name, "view" if kind == "VIEW" else "csv")
         self._remember(None, name)
 
-    def refresh_history(self, name: str, index: exp.Expression | None, *, recreate: bool) -> None:
+    def refresh_history(self, name: str, index: exp.Expression | None, *, recreate: bool = False,
+                        full: bool = False, inputs: HistoryInputs | None = None) -> HistoryRefresh:
         raise EngineError("Spark keeps no persisted view history")  # callers check persists_history
 
     # Writers on the executors ------------------------------------------------------------------------

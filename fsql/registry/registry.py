@@ -14,7 +14,6 @@ PostgreSQL ``apply`` and migrations take transaction-scoped advisory locks.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.resources
 import os
 import socket
@@ -46,6 +45,7 @@ from fsql.definitions import (
 )
 from fsql.errors import NotFoundError, RegistryError, did_you_mean, redact_url
 from fsql.extras import require_extra
+from fsql.locks import advisory_key
 from fsql.registry import tables as t
 
 if typing.TYPE_CHECKING:
@@ -410,11 +410,6 @@ def _create_engine(url: URL) -> Engine:
     return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
-def _lock_key(name: str) -> int:
-    """A stable signed 64-bit key for pg_advisory_xact_lock."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-
-
 # The newest migration. Checked against the migration scripts by a test, so the fast path of
 # ``Registry.open`` can compare it with the database without importing Alembic (a quarter second).
 HEAD_REVISION = "0003"
@@ -615,7 +610,7 @@ class Registry:
         with self._errors("migration"), self._begin(write=True) as conn:
             if self.dialect == "postgresql":
                 # One migration at a time per database; the fast path above takes no lock.
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_key("fsql.registry.migrate"))))
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(advisory_key("fsql.registry.migrate"))))
                 schema = self._ensure_pg_schema(conn)
             # Another process may have migrated while this one waited for the lock.
             if self._current_revisions(conn, schema) != frozenset({HEAD_REVISION}):
@@ -1043,7 +1038,7 @@ class RegistryTransaction:
         with self._registry._errors("apply"):
             if self._registry.dialect == "postgresql":
                 # Two builds of one registry serialize here instead of failing on duplicate keys.
-                key = _lock_key(f"fsql.registry.apply:{self._registry._pg_schema}")
+                key = advisory_key(f"fsql.registry.apply:{self._registry._pg_schema}")
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
             result = _apply(conn, project, compiled or {}, lineage, _now(), source_locations)
             from fsql.registry import catalog

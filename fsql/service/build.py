@@ -18,6 +18,7 @@ import sqlglot
 from sqlglot import exp
 
 from fsql.compiler import pit
+from fsql.compiler.indexes import source_indexes
 from fsql.compiler.rewrites import generate
 from fsql.compiler.views import column_lineage, to_dialect
 from fsql.config import CONFIG_FILE, ModelConfig
@@ -34,7 +35,7 @@ from fsql.definitions import (
     expand_refs,
     output_names,
 )
-from fsql.engines import history_name
+from fsql.engines import BUILD_LOCK, history_name
 from fsql.errors import ConfigError, EngineError, FeatureFileError, UnavailableError, did_you_mean
 from fsql.models import PREDICTION, bind_inputs, file_digest, load_model, model_file
 from fsql.parsing import governance
@@ -129,7 +130,8 @@ def build(
                                        locations=locations, recorded=snapshot.source_locations)
             _note_missing(changes, missing)
             models_changed = {n: model_fingerprint(m) for n, m in project.models.items()} != snapshot.models
-            nothing = (not force and not missing and not models_changed
+            # A warehouse built before fsql indexed its sources gets the indexes on the next build.
+            nothing = (not force and not missing and not models_changed and not builder.indexed
                        and not any(c.action != "unchanged" for c in changes))
             result = BuildResult(changes, built=not (dry_run or nothing), views=list(project.views),
                                  training_sets=list(project.training_sets), reloaded=loaded, missing=missing)
@@ -168,12 +170,17 @@ class _Builder:
         self.schema = ctx.config.warehouse.schema
         self._key_types: dict[tuple[str, str], tuple[str, str]] = {}  # (entity, key) -> (type, first file)
         self.skip_models = False
+        self.indexed: list[str] = []  # indexes this build created on loaded sources
 
     def run(self, existing: dict[str, str], missing: list[str]
             ) -> tuple[Project, dict[str, dict[str, str]], list[LineageEdge], list[str]]:
         config, engine = self.ctx.config, self.engine
+        # Two builds of one schema take turns: both would create the schema and load the sources.
+        engine.hold_lock(BUILD_LOCK, doing=f"a build of schema '{self.schema}'")
         engine.ensure_schema()
         loaded = engine.prepare_sources(list(config.sources.values()))
+        # the loaded copies of the file sources, as compiled view bodies name them
+        source_tables = [engine.source_relation(s) for s in config.sources.values() if s.path and not s.table]
         for name in loaded:
             self.say(f"loaded source {name} into the warehouse")
         old_views = self.snapshot.view_definitions
@@ -191,11 +198,13 @@ class _Builder:
             with located(view_file):
                 engine.replace_view(name, body)
                 columns = engine.describe(exp.select("*").from_(self._table(name)).sql(dialect=engine.dialect))
+                # Before the history is computed from the view: its joins probe these indexes.
+                self.indexed += engine.create_indexes(source_indexes([body], source_tables, engine.dialect))
             view = self._feature_view(view_file, columns)
             views[name] = view
             previous = old_views.get(name)
             if loaded or history_name(name) in missing or previous is None or previous.fingerprint != view.fingerprint:
-                self.ctx.refresh_history(view, recreate=True)
+                self.ctx.refresh_history(view, recreate=True, views=views)
             latest = pit.latest_per_entity(self.ctx.pit_view(view), dialect=engine.dialect)
             latest_sql = generate(latest, engine.dialect)
             engine.replace_view(f"{name}__latest", latest_sql)

@@ -15,14 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlglot import exp
+from sqlglot import exp, parse_one
+from sqlglot.errors import SqlglotError
 
 from fsql.compiler import pit
 from fsql.compiler.known_time import derive_known_time, known_inputs
-from fsql.compiler.views import resolve_names, to_dialect
+from fsql.compiler.views import resolve_names, to_dialect, volatile_calls
 from fsql.config import Config, RedisOnline, load_config
 from fsql.definitions import KNOWN_AT, FeatureRef, FeatureView, PitMode, TrainingSet, output_names
-from fsql.engines import Engine, history_name, open_engine, view_table
+from fsql.engines import Engine, HistoryInputs, HistoryRefresh, history_name, open_engine, view_table
 from fsql.errors import NotBuiltError
 from fsql.online import OnlineStore, open_online_store
 from fsql.parsing.project import ParsedFile
@@ -232,11 +233,50 @@ class Context:
         return pit.compile_pit(spine, list(spine_columns), timestamp, pit_views, dialect=dialect, mode=mode,
                                ordinal=ordinal)
 
-    def refresh_history(self, view: FeatureView, *, recreate: bool = False) -> None:
-        """Rewrite the persisted history of ``view`` (where the warehouse keeps one) with its index."""
+    def refresh_history(self, view: FeatureView, *, recreate: bool = False, full: bool = False,
+                        views: Mapping[str, FeatureView] | None = None) -> HistoryRefresh | None:
+        """Bring the persisted history of ``view`` (where the warehouse keeps one) up to date with its
+        index: anew with ``recreate``, every row rewritten with ``full``, else only what changed.
+        ``views``: the definitions its upstream views are looked up in (default: the registered ones)."""
         if not self.persists_history:
-            return
+            return None
         engine = self.engine
         table = view_table(self.config.warehouse.schema, history_name(view.name))
-        engine.refresh_history(view.name, pit.offline_index(self.pit_view(view), table, engine.dialect),
-                               recreate=recreate)
+        inputs = self.history_inputs(view, views if views is not None else self.definitions().views)
+        return engine.refresh_history(view.name, pit.offline_index(self.pit_view(view), table, engine.dialect),
+                                      recreate=recreate, full=full, inputs=inputs)
+
+    def history_inputs(self, view: FeatureView, views: Mapping[str, FeatureView]) -> HistoryInputs | None:
+        """The views and file sources ``view`` reads, transitively, when nothing else decides its rows:
+        None if it reads a live table (a source declared with ``table``), an unknown relation or a
+        view that calls a volatile function, whose rows can change without a build."""
+        seen: set[str] = set()
+        sources: set[str] = set()
+        pending = [view]
+        while pending:
+            current = pending.pop()
+            if current.name in seen:
+                continue
+            seen.add(current.name)
+            try:
+                if volatile_calls(parse_one(current.query, read=current.dialect)):
+                    return None
+            except SqlglotError:
+                return None
+            for name in current.depends_on:
+                source = self.config.sources.get(name)
+                if source is not None:
+                    if source.table or not source.path:
+                        return None
+                    sources.add(name)
+                elif name in views:
+                    pending.append(views[name])
+                else:
+                    return None
+        return HistoryInputs(views=tuple(sorted(seen)), sources=tuple(sorted(sources)))
+
+    def rows_table(self, view: FeatureView) -> exp.Table:
+        """Where the rows of ``view`` are read fastest: its indexed history where the warehouse keeps
+        one (a materialization refreshes it first), else the view itself."""
+        schema = self.config.warehouse.schema
+        return view_table(schema, history_name(view.name) if self.persists_history else view.name)

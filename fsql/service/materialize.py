@@ -22,7 +22,6 @@ from fsql.compiler.rewrites import generate
 from fsql.compiler.stats import stats_relation
 from fsql.config import Config
 from fsql.definitions import KNOWN_AT, FeatureView, arrow_type, as_utc
-from fsql.engines import view_table
 from fsql.engines.stats import feature_stats
 from fsql.errors import (
     FsqlError,
@@ -110,7 +109,7 @@ def _materialize_view(ctx: Context, view: FeatureView, *, full: bool, start: dat
     try:
         # Training sets on an engine with a persisted history read it: refresh it with the same
         # data this run serves online, so offline and online agree.
-        ctx.refresh_history(view)
+        ctx.refresh_history(view, full=full)
     except FsqlError as e:
         registry.finish_run(run_id, rows=0, outcome="failed", error=str(e))
         raise MaterializationError(f"refreshing the history of '{view.name}' failed: {e}", cause=e) from e
@@ -188,9 +187,16 @@ def _materialize_view(ctx: Context, view: FeatureView, *, full: bool, start: dat
                         replace_watermark=recompute and full and advances)
     if advances:
         # Statistics of what is now served, stored for the catalog so its page never queries the warehouse.
-        relation = stats_relation(ctx.pit_view(view), view_table(ctx.config.warehouse.schema, view.name), "latest",
-                                  end, dialect=engine.dialect)
-        registry.save_stats(view.name, view.version, "latest", end, feature_stats(engine, relation, view))
+        # A run that found no row newer than the watermark serves what the last run served (the TTL
+        # is not applied): its numbers hold, only the time they describe moves.
+        served = registry.stats(view.name, view.version, "latest") if rows == 0 and window_start is not None else []
+        if served:
+            stats = {r.feature: r.stats for r in served}
+        else:
+            table = ctx.rows_table(view)
+            relation = stats_relation(ctx.pit_view(view, relation=table), table, "latest", end, dialect=engine.dialect)
+            stats = feature_stats(engine, relation, view)
+        registry.save_stats(view.name, view.version, "latest", end, stats)
     return RunResult(view.name, view.version, window_start, end, rows, duration, outcome)
 
 
@@ -273,7 +279,7 @@ def _latest_sql(ctx: Context, view: FeatureView, start: datetime | None, end: da
     # dropping the others first spares the full tie-order sort most rows (3-4x faster on DuckDB).
     best = exp.to_identifier("__fsql_best_ts", quoted=True)
     window = (
-        exp.select("*").from_(view_table(ctx.config.warehouse.schema, view.name)).where(condition)
+        exp.select("*").from_(ctx.rows_table(view)).where(condition)
         .select(exp.alias_(exp.Window(this=exp.Max(this=ts.copy()),
                                       partition_by=[exp.column(k, quoted=True) for k in view.entity_keys]), best))
     )
