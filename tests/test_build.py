@@ -86,7 +86,10 @@ def test_ls_json_lists_views_with_types_and_descriptions(project: Path) -> None:
     assert runner.invoke(app, ["build", "-p", str(project)]).exit_code == 0
     result = runner.invoke(app, ["ls", "-p", str(project), "--json"])
     assert result.exit_code == 0, result.output
-    items = {i["name"]: i for i in json.loads(result.output)}
+    listed = json.loads(result.output)
+    # A training set and the model trained on it may share a name; each is listed once.
+    assert len({(i["kind"], i["name"]) for i in listed}) == len(listed)
+    items = {i["name"]: i for i in listed if i["kind"] != "model"}
     assert sorted(n for n, i in items.items() if i["kind"] == "feature_view") == EXAMPLE_VIEWS
     spend = items["customer_spend"]
     assert spend["entity"] == "customer" and spend["entity_keys"] == ["customer_id"]
@@ -99,6 +102,8 @@ def test_ls_json_lists_views_with_types_and_descriptions(project: Path) -> None:
     assert merchant["entity_keys"] == ["customer_id", "merchant_id"]
     assert items["churn"]["kind"] == "training_set"
     assert "customer_profile.country" in items["churn"]["features"]
+    models = {i["name"]: i for i in listed if i["kind"] == "model"}
+    assert models["churn"]["training_set"] == "churn"
 
 
 def test_describe_and_plan(project: Path) -> None:

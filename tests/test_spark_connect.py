@@ -57,6 +57,8 @@ def connect_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if shutil.which("java") is None:
         pytest.fail("Spark needs Java 17 (.ci/run installs a headless JRE)")
     port = free_port()
+    # pyspark records Connect mode in the process environment; a later local session must not inherit it.
+    spark_environment = {k: v for k, v in os.environ.items() if k.startswith("SPARK")}
     log = tmp_path_factory.mktemp("spark-connect") / "server.log"
     # The server runs Python UDFs (materialization's mapInArrow) with this interpreter, which has fsql.
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_NO_DAEMONIZE": "1"}
@@ -79,6 +81,9 @@ def connect_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             server.kill()
             server.wait()
         spark_engine._REPLAYED.clear()
+        for key in [k for k in os.environ if k.startswith("SPARK") and k not in spark_environment]:
+            del os.environ[key]
+        os.environ.update(spark_environment)
 
 
 def test_example_through_spark_connect_equals_duckdb(connect_url: str, tmp_path: Path) -> None:
