@@ -24,6 +24,9 @@ PitMode = Literal["known-at", "event-time"]
 # "created" step use it, not the @created column, which only names a source's load time.
 KNOWN_AT = "__known_at"
 PIT_MODES: tuple[PitMode, ...] = ("known-at", "event-time")
+# How a training set joins each view (fsql.compiler.pit): "auto" chooses per view from its statistics
+PlanChoice = Literal["auto", "asof", "range", "timeline", "lateral"]
+PIT_PLAN_CHOICES: tuple[PlanChoice, ...] = ("auto", "asof", "range", "timeline", "lateral")
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,15 @@ def check_pit_mode(mode: str) -> PitMode:
     if mode not in PIT_MODES:
         raise RequestError(f"unknown PIT mode '{mode}'", hint="use 'known-at' or 'event-time'")
     return mode  # type: ignore[return-value]
+
+
+def check_plan(plan: str | None) -> PlanChoice:
+    """A training set's PIT plan request: "auto" (None) lets fsql choose per view from its statistics."""
+    if plan is None:
+        return "auto"
+    if plan not in PIT_PLAN_CHOICES:
+        raise RequestError(f"unknown PIT plan '{plan}'", hint=f"use one of {', '.join(PIT_PLAN_CHOICES)}")
+    return plan  # type: ignore[return-value]
 
 
 def parse_ref(text: str) -> FeatureRef:

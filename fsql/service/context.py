@@ -8,8 +8,8 @@ never opens it either.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +21,12 @@ from fsql.compiler import pit
 from fsql.compiler.known_time import derive_known_time, known_inputs
 from fsql.compiler.views import resolve_names, to_dialect
 from fsql.config import Config, RedisOnline, load_config
-from fsql.definitions import KNOWN_AT, FeatureRef, FeatureView, PitMode, TrainingSet, output_names
+from fsql.definitions import KNOWN_AT, FeatureRef, FeatureView, PitMode, PlanChoice, TrainingSet, output_names
 from fsql.engines import Engine, history_name, open_engine, view_table
-from fsql.errors import NotBuiltError
+from fsql.errors import NotBuiltError, RequestError
 from fsql.online import OnlineStore, open_online_store
 from fsql.parsing.project import ParsedFile
-from fsql.registry import Registry
+from fsql.registry import Registry, RegistryCache
 from fsql.sample import ensure_fresh
 
 RelationFor = Callable[[str], exp.Expression]
@@ -43,6 +43,14 @@ class Definitions:
         if not self.views:
             raise NotBuiltError("the registry holds no feature views", hint="run `fsql build` first")
         return self
+
+
+_COMPILED_ENTRIES = 64
+
+
+def _load_definitions(registry: Registry) -> Definitions:
+    snapshot = registry.snapshot()
+    return Definitions(dict(snapshot.view_definitions), dict(snapshot.training_set_definitions))
 
 
 def open_online(config: Config) -> OnlineStore:
@@ -65,9 +73,12 @@ class Context:
         self._engine: Engine | None = None
         self._registry: Registry | None = None
         self._online: OnlineStore | None = None
-        self._definitions: tuple[float, Definitions] | None = None
+        self._definitions: RegistryCache[Definitions] | None = None
+        # compiled training-set SQL per request shape, valid for one Definitions object (see ``compiled``)
+        self._compiled: tuple[Definitions | None, OrderedDict[Hashable, str]] = (None, OrderedDict())
         self._engine_writes = False
         self._call_writes: bool | None = None  # inside a call (``warehouse``): whether it writes
+        self.spines_in_use: set[str] = set()  # names of DataFrame spines registered with the engine now
 
     @classmethod
     def open(cls, root: str | Path = ".", overrides: dict[str, dict[str, Any]] | None = None) -> Context:
@@ -98,7 +109,10 @@ class Context:
         parsing never touches it); a DuckDB file is held only until the call ends, and read-only
         when the call only reads, so a notebook's Store and a terminal's `fsql` work side by side."""
         if self._call_writes is not None:
-            yield  # a call inside a call
+            if write and not self._call_writes:
+                raise RequestError("this call writes the warehouse, which a read-only session holds open",
+                                   hint="run it outside the `with store.session():` block")
+            yield  # a call inside a call (or inside a session)
             return
         if self._engine is not None and write and not self._engine_writes:
             self.close_engine()  # a read-only connection left open cannot serve a writer
@@ -130,6 +144,7 @@ class Context:
 
     def close(self) -> None:
         self.close_engine()
+        self._definitions = None
         if self._online is not None:
             self._online.close()
         if self._registry is not None:
@@ -137,22 +152,38 @@ class Context:
         self._registry = self._online = None
 
     # Definitions as registered -----------------------------------------------------------------------
-    def definitions(self, max_age: float = 0.0) -> Definitions:
+    def definitions(self, max_age: float = 0.0, *, validate: bool = False) -> Definitions:
         """The registered definitions; ``max_age`` (seconds) lets a hot path reuse a recent read.
 
-        Reading the registry costs milliseconds, ten times a Redis round trip. A build through this
-        context invalidates the cache; a build elsewhere becomes visible within ``max_age`` seconds.
+        Reading the registry costs milliseconds, ten times a Redis round trip. A registry write by this
+        process (a build through any Store) invalidates the cache at once; a build by another process
+        becomes visible within ``max_age`` seconds, or at once with ``validate`` (one small version
+        query instead of the full read; see ``fsql.registry.RegistryCache``). The same Definitions
+        object is returned while nothing changed, so what is cached per object stays valid.
         """
-        cached = self._definitions
-        if cached is not None and max_age > 0 and time.monotonic() - cached[0] <= max_age:
-            return cached[1]
-        snapshot = self.registry.snapshot()
-        definitions = Definitions(dict(snapshot.view_definitions), dict(snapshot.training_set_definitions))
-        self._definitions = (time.monotonic(), definitions)
-        return definitions
+        if self._definitions is None:
+            self._definitions = RegistryCache(self.registry, _load_definitions)
+        return self._definitions.get(max_age, validate=validate)
 
     def invalidate(self) -> None:
-        self._definitions = None
+        if self._definitions is not None:
+            self._definitions.invalidate()
+
+    def compiled(self, definitions: Definitions, key: Hashable, compile: Callable[[], str]) -> str:
+        """``compile()``, remembered per ``key`` while ``definitions`` is the current registry read:
+        generating a training set's SQL costs more than a small set's whole query."""
+        owner, cache = self._compiled
+        if owner is not definitions:
+            cache = OrderedDict()
+            self._compiled = (definitions, cache)
+        sql = cache.get(key)
+        if sql is None:
+            sql = cache[key] = compile()
+            if len(cache) > _COMPILED_ENTRIES:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(key)
+        return sql
 
     # How names resolve on the warehouse ---------------------------------------------------------------
     @property
@@ -222,6 +253,7 @@ class Context:
         dialect: str,
         mode: PitMode,
         ordinal: str | None = None,
+        plan: PlanChoice = "auto",
     ) -> exp.Query:
         """The point-in-time join of ``refs`` onto ``spine``, reading each view's history."""
         outputs = output_names(refs, spine_columns)
@@ -230,7 +262,7 @@ class Context:
             by_view.setdefault(ref.view, []).append((ref.feature, outputs[ref]))
         pit_views = [self.pit_view(views[name], features, history=True) for name, features in by_view.items()]
         return pit.compile_pit(spine, list(spine_columns), timestamp, pit_views, dialect=dialect, mode=mode,
-                               ordinal=ordinal)
+                               ordinal=ordinal, plan=None if plan == "auto" else plan)
 
     def refresh_history(self, view: FeatureView, *, recreate: bool = False) -> None:
         """Rewrite the persisted history of ``view`` (where the warehouse keeps one) with its index."""
