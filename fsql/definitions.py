@@ -72,6 +72,8 @@ class FeatureView:
     description: str | None = None
     depends_on: tuple[str, ...] = ()  # names of sources and views the query reads
     fingerprint: str = ""
+    # `-- @pit_plan`: the PIT join plan training sets use for this view ("auto": chosen from its shape)
+    pit_plan: str | None = None
 
     @property
     def features(self) -> tuple[Column, ...]:
@@ -88,6 +90,19 @@ class FeatureView:
 
     def column(self, name: str) -> Column | None:
         return next((c for c in self.columns if c.name == name), None)
+
+
+@dataclass(frozen=True)
+class ViewShape:
+    """The shape of a view's history, measured in the engine at build and materialize: what the PIT
+    plan choice needs (``fsql.compiler.pit.auto_plan``). Rows with a NULL key or event time are left out."""
+
+    rows: int
+    entities: int  # distinct entity keys
+    events_mean: float  # rows per entity
+    events_p99: float
+    span_seconds: float  # latest minus earliest event time
+    tie_share: float  # share of rows beyond the first at their (keys, event time)
 
 
 @dataclass(frozen=True)

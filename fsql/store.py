@@ -72,10 +72,12 @@ class Store:
             yield self
 
     # Offline -----------------------------------------------------------------------------------------
-    def compile(self, name: str, dialect: str = "duckdb", *, mode: PitMode = "known-at") -> str:
-        """The exact SQL of a view or training set in ``dialect``."""
+    def compile(self, name: str, dialect: str = "duckdb", *, mode: PitMode = "known-at",
+                plan: PlanChoice | None = None) -> str:
+        """The exact SQL of a view or training set in ``dialect`` (a training set's starts with a comment
+        naming the PIT plan of each view and why it was chosen)."""
         with self._ctx.warehouse(write=False):
-            return offline.compile_sql(self._ctx, name, dialect, mode=mode)
+            return offline.compile_sql(self._ctx, name, dialect, mode=mode, plan=plan)
 
     def training_set(
         self,

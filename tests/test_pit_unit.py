@@ -19,8 +19,9 @@ from fsql.compiler import (
     latest_per_entity,
     offline_index,
 )
-from fsql.compiler.pit import _interval
+from fsql.compiler.pit import _interval, auto_plan
 from fsql.compiler.rewrites import generate
+from fsql.definitions import ViewShape
 from fsql.errors import CompileError
 
 T0 = datetime(2024, 1, 1)
@@ -402,3 +403,46 @@ def test_offline_index_names_and_dialects() -> None:
     assert offline_index(view(), exp.to_table("t"), "bigquery") is None
     with pytest.raises(CompileError):
         offline_index(view(), sqlglot.parse_one("SELECT 1"), "postgres")  # type: ignore[arg-type]
+
+
+# --- automatic plan choice ------------------------------------------------------------------------
+
+DAY = 86_400.0
+
+
+def shape(mean: float, p99: float, span_days: float = 90, rows: int = 1_000) -> ViewShape:
+    return ViewShape(rows=rows, entities=max(1, int(rows / mean)), events_mean=mean, events_p99=p99,
+                     span_seconds=span_days * DAY, tie_share=0.0)
+
+
+@pytest.mark.parametrize(
+    ("ttl_days", "measured", "dialect", "plan", "why"),
+    [
+        (None, shape(1, 1), "duckdb", None, "asof: no TTL"),  # no TTL: never a range join
+        (3, None, "duckdb", None, "asof: no statistics yet"),
+        (3, shape(1000, 1000), "duckdb", None, "asof: ~33.3 rows per entity in the TTL window"),
+        (3, shape(10, 30), "duckdb", "range", "range: ~0.3 rows per entity in the TTL window, p99 ~1"),
+        (30, shape(20, 101), "duckdb", "range", "range: ~6.7 rows"),  # the Feast-shaped anchor
+        (30, shape(20, 400), "duckdb", None, "p99 ~133"),  # a skewed tail would explode the range join
+        (365, shape(5, 20), "duckdb", "range", "~5.0 rows"),  # a TTL longer than the history: all of it
+        (3, shape(10, 30, span_days=0), "duckdb", None, "~10.0 rows"),  # one instant: every row in the window
+        (3, shape(10, 30), "postgres", "range", "range:"),
+        (3, shape(1000, 1000), "postgres", None, "timeline:"),
+    ],
+)
+def test_auto_plan_takes_the_range_join_only_for_few_rows_per_ttl_window(
+    ttl_days: int | None, measured: ViewShape | None, dialect: str, plan: str | None, why: str
+) -> None:
+    v = view(ttl=timedelta(days=ttl_days) if ttl_days else None)
+    chosen, reason = auto_plan(v, measured, dialect)
+    assert chosen == plan and why in reason, reason
+
+
+def test_the_range_plan_ranks_every_probe_without_the_split() -> None:
+    """The tie split (rank only probes with several rows) pays off after the ASOF fetch, where most
+    probes have one row; a range join gives most probes many, so it ranks them in one window."""
+    v = view(ttl=timedelta(days=3), value_columns=(("x", "DOUBLE"),))
+    asof = compile_([v], dialect="duckdb", plan="asof").sql("duckdb")
+    ranged = compile_([v], dialect="duckdb", plan="range").sql("duckdb")
+    assert "HAVING COUNT(*) > 1" in asof and "HAVING" not in ranged
+    assert ranged.count("ROW_NUMBER()") == 2  # the spine's numbering and the one ranking window

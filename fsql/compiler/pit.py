@@ -98,7 +98,7 @@ from fsql.compiler.dialects import (
     value_sort_keys,
 )
 from fsql.compiler.names import Namer
-from fsql.definitions import KNOWN_AT, FeatureView, PitMode
+from fsql.definitions import KNOWN_AT, FeatureView, PitMode, ViewShape
 from fsql.errors import CompileError
 
 
@@ -165,6 +165,37 @@ def pit_view_of(
         indexed=indexed,
         naive_time=(view.column(view.timestamp) is not None and view.column(view.timestamp).dtype == "TIMESTAMP"),
     )
+
+
+# The range plan joins every candidate row in the TTL window to its spine row and ranks them: its cost
+# grows with the rows a window holds, the ASOF plan's does not. bench/pit.py --matrix on DuckDB (10k
+# spine rows, 200k events): with about one row per window the range plan takes 0.02 s against the ASOF
+# plan's 0.05 s (its fixed costs: the fetch join and the tie check), at 10 rows they are even, and at
+# 33 rows the ASOF plan is 4x faster. A skewed history (few entities with many rows) explodes the
+# range join, hence the tail bound as well.
+RANGE_MAX_WINDOW_MEAN = 8.0
+RANGE_MAX_WINDOW_P99 = 64.0
+
+
+def auto_plan(view: PitView, shape: ViewShape | None, dialect: str) -> tuple[PitPlan | None, str]:
+    """The plan for ``view`` chosen from its measured shape, with the reason (for ``fsql compile``).
+
+    None keeps the dialect's default (``capabilities(dialect).pit_plan[_indexed]``). The range plan is
+    chosen only for a view with a TTL whose window holds few rows per entity, on average and at the
+    99th percentile (rows are assumed spread evenly over the history's span); a view without a TTL
+    always keeps the default, whose cost does not depend on history depth."""
+    caps = capabilities(dialect)
+    default = caps.pit_plan_indexed if view.indexed else caps.pit_plan
+    if view.ttl is None:
+        return None, f"{default}: no TTL"
+    if shape is None or shape.rows == 0:
+        return None, f"{default}: no statistics yet (run `fsql build` or `fsql materialize`)"
+    share = 1.0 if shape.span_seconds <= 0 else min(1.0, view.ttl.total_seconds() / shape.span_seconds)
+    mean, p99 = shape.events_mean * share, shape.events_p99 * share
+    numbers = f"~{mean:.1f} rows per entity in the TTL window, p99 ~{p99:.0f}"
+    if mean <= RANGE_MAX_WINDOW_MEAN and p99 <= RANGE_MAX_WINDOW_P99:
+        return "range", f"range: {numbers}"
+    return None, f"{default}: {numbers}"
 
 
 def eligible_time(view: PitView, alias: str | None = None, mode: PitMode = "known-at") -> exp.Expression:
@@ -809,7 +840,9 @@ def _range_fetch(
     query = query.from_(_table(p), copy=False).join(
         _aliased(hist, h), on=exp.and_(*on, copy=False), copy=False
     )
-    _first_per(view, query, h, probe.ids, f, pc, with_timestamp=True)
+    # No split here: a range join gives most probes several rows (the whole window), so ranking them
+    # all beats materializing the join to find the few with one row (2x on the bench/pit.py anchor).
+    _first_per(view, query, h, probe.ids, f, pc, with_timestamp=True, split=False)
 
 
 def _lateral_join(
@@ -860,6 +893,7 @@ def _first_per(
     *,
     with_timestamp: bool,
     carry: list[str] | None = None,
+    split: bool = True,
 ) -> None:
     """CTE ``f`` (carried columns, features): the first row per probe in the tie order.
 
@@ -874,7 +908,7 @@ def _first_per(
     features = [
         exp.alias_(exp.column(c, h, quoted=True), out, quoted=True, copy=False) for c, out in view.features
     ]
-    if caps.split_ties and caps.materialized_cte and len(ids) == 1:
+    if split and caps.split_ties and caps.materialized_cte and len(ids) == 1:
         # carry the tie columns under generated names (a feature's output name may equal another
         # view column's name), then rank only where a probe has several rows
         order_cols = _tie_columns(view, with_timestamp)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,19 @@ from fsql.compiler import pit
 from fsql.compiler.known_time import derive_known_time, known_inputs
 from fsql.compiler.views import resolve_names, to_dialect
 from fsql.config import Config, RedisOnline, load_config
-from fsql.definitions import KNOWN_AT, FeatureRef, FeatureView, PitMode, PlanChoice, TrainingSet, output_names
+from fsql.compiler.dialects import PitPlan
+from fsql.definitions import (
+    KNOWN_AT,
+    FeatureRef,
+    FeatureView,
+    PitMode,
+    PlanChoice,
+    TrainingSet,
+    ViewShape,
+    output_names,
+)
 from fsql.engines import Engine, history_name, open_engine, view_table
+from fsql.engines.stats import view_shape
 from fsql.errors import NotBuiltError, RequestError
 from fsql.online import OnlineStore, open_online_store
 from fsql.parsing.project import ParsedFile
@@ -38,6 +49,7 @@ class Definitions:
 
     views: dict[str, FeatureView]
     training_sets: dict[str, TrainingSet]
+    shapes: dict[str, ViewShape] = field(default_factory=dict)  # measured shape of each view's history
 
     def require_built(self) -> Definitions:
         if not self.views:
@@ -50,7 +62,8 @@ _COMPILED_ENTRIES = 64
 
 def _load_definitions(registry: Registry) -> Definitions:
     snapshot = registry.snapshot()
-    return Definitions(dict(snapshot.view_definitions), dict(snapshot.training_set_definitions))
+    return Definitions(dict(snapshot.view_definitions), dict(snapshot.training_set_definitions),
+                       registry.view_shapes())
 
 
 def open_online(config: Config) -> OnlineStore:
@@ -254,15 +267,45 @@ class Context:
         mode: PitMode,
         ordinal: str | None = None,
         plan: PlanChoice = "auto",
+        shapes: Mapping[str, ViewShape] | None = None,
     ) -> exp.Query:
-        """The point-in-time join of ``refs`` onto ``spine``, reading each view's history."""
+        """The point-in-time join of ``refs`` onto ``spine``, reading each view's history.
+
+        ``plan``: one plan for every view, or "auto": each view's ``@pit_plan``, else the choice from its
+        measured shape (``shapes``; see ``pit.auto_plan``). The choice and its reason per view are left
+        in the query's ``meta["pit_plans"]`` for ``fsql compile``."""
         outputs = output_names(refs, spine_columns)
         by_view: dict[str, list[tuple[str, str]]] = {}
         for ref in refs:
             by_view.setdefault(ref.view, []).append((ref.feature, outputs[ref]))
         pit_views = [self.pit_view(views[name], features, history=True) for name, features in by_view.items()]
-        return pit.compile_pit(spine, list(spine_columns), timestamp, pit_views, dialect=dialect, mode=mode,
-                               ordinal=ordinal, plan=None if plan == "auto" else plan)
+        choices: dict[str, tuple[str, str]] = {}
+        plans: dict[str, PitPlan] = {}
+        for pv in pit_views:
+            annotated = views[pv.name].pit_plan
+            if plan != "auto":
+                chosen, why = plan, f"{plan}: requested for this call"
+            elif annotated and annotated != "auto":
+                chosen, why = annotated, f"{annotated}: @pit_plan of the view"
+            else:
+                chosen, why = pit.auto_plan(pv, (shapes or {}).get(pv.name), dialect)  # type: ignore[assignment]
+            if chosen is not None:
+                plans[pv.name] = chosen  # type: ignore[assignment]
+            choices[pv.name] = (chosen or "default", why)
+        query = pit.compile_pit(spine, list(spine_columns), timestamp, pit_views, dialect=dialect, mode=mode,
+                                ordinal=ordinal, plan=plans)
+        query.meta["pit_plans"] = choices
+        return query
+
+    def measure_shape(self, view: FeatureView) -> ViewShape | None:
+        """Measure and store the shape of ``view``'s history, from which training sets choose its PIT
+        plan. Only a view with a TTL has a choice (see ``pit.auto_plan``): others are not scanned."""
+        if view.ttl is None:
+            return None
+        relation = self.pit_view(view, history=True).relation
+        shape = view_shape(self.engine, relation, view)
+        self.registry.save_view_shape(view.name, view.version, shape)
+        return shape
 
     def refresh_history(self, view: FeatureView, *, recreate: bool = False) -> None:
         """Rewrite the persisted history of ``view`` (where the warehouse keeps one) with its index."""

@@ -186,6 +186,8 @@ def _materialize_view(ctx: Context, view: FeatureView, *, full: bool, start: dat
         relation = stats_relation(ctx.pit_view(view), view_table(ctx.config.warehouse.schema, view.name), "latest",
                                   end, dialect=engine.dialect)
         registry.save_stats(view.name, view.version, "latest", end, feature_stats(engine, relation, view))
+        # New rows change the history's shape, from which training sets choose the view's PIT plan.
+        ctx.measure_shape(view)
     return RunResult(view.name, view.version, window_start, end, rows, duration, outcome)
 
 

@@ -49,7 +49,8 @@ SPINE_TABLE = "__fsql_spine"
 Spine = Any  # a polars/pandas DataFrame, an Arrow table, a source or view name, or a SQL query
 
 
-def compile_sql(ctx: Context, name: str, dialect: str, *, pretty: bool = True, mode: PitMode = "known-at") -> str:
+def compile_sql(ctx: Context, name: str, dialect: str, *, pretty: bool = True, mode: PitMode = "known-at",
+                plan: PlanChoice | None = None) -> str:
     """The exact SQL of a view or training set for ``dialect``, as the files define it now."""
     if dialect not in SUPPORTED_DIALECTS:
         raise RequestError(f"unsupported dialect '{dialect}'",
@@ -75,9 +76,13 @@ def compile_sql(ctx: Context, name: str, dialect: str, *, pretty: bool = True, m
         return set_file.error(message, key="features", hint=hint)
 
     refs = expand_refs(set_file.feature_refs, views, fail)
-    query = ctx.pit_query(spine, names, set_file.timestamp, refs, views, dialect=dialect, mode=mode)
-    return to_dialect(query, dialect, dialect, pretty=pretty, path=set_file.path, line=set_file.line,
-                      rewrite_asof=False)
+    query = ctx.pit_query(spine, names, set_file.timestamp, refs, views, dialect=dialect, mode=mode,
+                          plan=check_plan(plan), shapes=definitions.shapes)
+    sql = to_dialect(query, dialect, dialect, pretty=pretty, path=set_file.path, line=set_file.line,
+                     rewrite_asof=False)
+    # The plan per view is data-dependent: say which one and why, where the reader looks first.
+    notes = [f"-- PIT plan for {name}: {why}" for name, (_, why) in query.meta["pit_plans"].items()]
+    return "\n".join([*notes, sql])
 
 
 def training_set(
@@ -177,7 +182,7 @@ def _training_query(
 
         def compile() -> str:
             query = ctx.pit_query(relation, columns, ts, refs, views, dialect=engine.dialect, mode=mode,
-                                  ordinal=ordinal, plan=plan)
+                                  ordinal=ordinal, plan=plan, shapes=definitions.shapes)
             return generate(query, engine.dialect)
 
         if shape is None:
