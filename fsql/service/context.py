@@ -18,10 +18,10 @@ from typing import Any
 from sqlglot import exp
 
 from fsql.compiler import pit
+from fsql.compiler.dialects import PitPlan
 from fsql.compiler.known_time import derive_known_time, known_inputs
 from fsql.compiler.views import resolve_names, to_dialect
 from fsql.config import Config, RedisOnline, load_config
-from fsql.compiler.dialects import PitPlan
 from fsql.definitions import (
     KNOWN_AT,
     FeatureRef,
