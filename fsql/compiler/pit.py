@@ -24,8 +24,8 @@ always pick the same row). Values compare with NULL lowest, NaN above +Infinity,
 as the output can tell, so which one is picked cannot change a result. One caveat: -0.0 and 0.0
 compare equal on every engine, so either may be returned.
 
-Plans (chosen per view from ``fsql.compiler.dialects`` capability flags, overridable with
-``plan=``). Each finds the winning event_ts first, then the row(s) at it:
+Plans (chosen per view from ``fsql.compiler.dialects`` capability flags and, for the range plan, the
+view's measured shape; overridable with ``plan=``). Each finds the winning event_ts first, then the row(s) at it:
 
 * ``asof`` (DuckDB, Snowflake): a native ASOF join on a narrow (keys, match time) relation gives
   the winning event_ts; an equi-join on (keys, event_ts) fetches the rows at that instant and the
@@ -52,8 +52,10 @@ Plans (chosen per view from ``fsql.compiler.dialects`` capability flags, overrid
   placement (``DESC`` = NULLS FIRST on PostgreSQL, what a backward scan of an ascending index
   yields; NULL event_ts never qualifies so the order is the same): sqlglot would otherwise pin
   ``DESC NULLS LAST``, which the index cannot serve.
-* ``range``: range join on keys and ``event_ts <= t`` plus ROW_NUMBER per probe point: quadratic in
-  history depth; kept for measurement.
+* ``range``: range join on keys and the candidate rules (the TTL window) plus ROW_NUMBER per probe
+  point in the tie order: its cost grows with the rows a TTL window holds, so it is chosen per view
+  only when the view's measured shape says the window holds few (``auto_plan``); there it beats the
+  ASOF plan's fixed costs (the fetch join and the tie check).
 
 Why these, measured by bench/pit.py at scale 1 (100k spine rows; "shallow" = 2M events of 100k
 customers, "deep" = 100k events of 100 customers), best of 3, PostgreSQL 15 with default settings:
