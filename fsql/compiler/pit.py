@@ -185,11 +185,16 @@ def auto_plan(view: PitView, shape: ViewShape | None, dialect: str) -> tuple[Pit
     None keeps the dialect's default (``capabilities(dialect).pit_plan[_indexed]``). The range plan is
     chosen only for a view with a TTL whose window holds few rows per entity, on average and at the
     99th percentile (rows are assumed spread evenly over the history's span); a view without a TTL
-    always keeps the default, whose cost does not depend on history depth."""
+    always keeps the default, whose cost does not grow with history depth (an unbounded window would
+    grow with every load after the measurement), and so does an indexed history (LATERAL)."""
     caps = capabilities(dialect)
     default = caps.pit_plan_indexed if view.indexed else caps.pit_plan
     if view.ttl is None:
         return None, f"{default}: no TTL"
+    if default == "lateral":
+        # one index probe reading one row per spine row: the range join reads the whole window
+        # (bench/pit.py --matrix on PostgreSQL: LATERAL wins on every shape with an index)
+        return None, f"{default}: the history's index serves one row per spine row"
     if shape is None or shape.rows == 0:
         return None, f"{default}: no statistics yet (run `fsql build` or `fsql materialize`)"
     share = 1.0 if shape.span_seconds <= 0 else min(1.0, view.ttl.total_seconds() / shape.span_seconds)
