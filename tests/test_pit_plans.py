@@ -49,10 +49,10 @@ def test_build_measures_views_with_a_ttl_and_compile_names_each_plan(project: Pa
             for field, value in want.items():
                 assert getattr(measured, field) == pytest.approx(value, rel=1e-9), (name, field)
         sql = store.compile("churn")
-    notes = [line for line in sql.splitlines() if line.startswith("-- PIT plan for ")]
-    assert notes[0].startswith("-- PIT plan for customer_spend: range: ~") or \
-        notes[0].startswith("-- PIT plan for customer_spend: asof: ~"), notes
-    assert "-- PIT plan for customer_profile: asof: no TTL" in notes
+    notes = [line for line in sql.splitlines() if line.startswith("/* PIT plan for ")]
+    assert notes[0].startswith("/* PIT plan for customer_spend: range: ~") or \
+        notes[0].startswith("/* PIT plan for customer_spend: asof: ~"), notes
+    assert "/* PIT plan for customer_profile: asof: no TTL */" in notes
     assert len(notes) == 3  # customer_spend, customer_value, customer_profile
 
 
@@ -66,7 +66,7 @@ def test_a_view_annotation_and_a_call_override_the_choice_with_the_same_rows(pro
     with fsql.Store(project) as store:
         store.build()
         sql = store.compile("churn")
-        assert "-- PIT plan for customer_profile: range: @pit_plan of the view" in sql
+        assert "/* PIT plan for customer_profile: range: @pit_plan of the view" in sql
         forced = store.compile("churn", plan="asof")
         assert forced.count("asof: requested for this call") == 3
         auto = store.training_set(features=features, spine=spine, timestamp="ts")
@@ -81,7 +81,7 @@ def test_a_view_annotation_and_a_call_override_the_choice_with_the_same_rows(pro
         result = store.build()
         change = next(c for c in result.changes if c.name == "customer_profile")
         assert change.action == "updated" and "pit_plan changed" in change.reasons
-        assert "-- PIT plan for customer_profile: asof: @pit_plan of the view" in store.compile("churn")
+        assert "/* PIT plan for customer_profile: asof: @pit_plan of the view" in store.compile("churn")
 
 
 def test_bad_plans_are_refused_where_they_are_written(project: Path) -> None:

@@ -78,11 +78,12 @@ def compile_sql(ctx: Context, name: str, dialect: str, *, pretty: bool = True, m
     refs = expand_refs(set_file.feature_refs, views, fail)
     query = ctx.pit_query(spine, names, set_file.timestamp, refs, views, dialect=dialect, mode=mode,
                           plan=check_plan(plan), shapes=definitions.shapes)
-    sql = to_dialect(query, dialect, dialect, pretty=pretty, path=set_file.path, line=set_file.line,
-                     rewrite_asof=False)
-    # The plan per view is data-dependent: say which one and why, where the reader looks first.
-    notes = [f"-- PIT plan for {name}: {why}" for name, (_, why) in query.meta["pit_plans"].items()]
-    return "\n".join([*notes, sql])
+    # The plan per view is data-dependent: say which one and why, first thing in the printed SQL (on
+    # the WITH clause, which sqlglot prints before everything else; the text still parses back).
+    notes = [f" PIT plan for {name}: {why} " for name, (_, why) in query.meta["pit_plans"].items()]
+    (query.args.get("with_") or query).add_comments(notes)
+    return to_dialect(query, dialect, dialect, pretty=pretty, path=set_file.path, line=set_file.line,
+                      rewrite_asof=False)
 
 
 def training_set(
