@@ -20,7 +20,7 @@ persisted ``__history`` table with fsql's covering index):
 
 Every competitor's result is compared with fsql's before anything is timed; one that differs is
 shown as ``differs`` and never counts as the best. A range join whose output would exceed
-``RANGE_LIMIT`` rows (deep histories without a TTL) is not run. fsql runs inside ``Store.session()``
+``RANGE_LIMIT`` rows (``QUICK_RANGE_LIMIT`` with ``--quick``; deep histories without a TTL) is not run. fsql runs inside ``Store.session()``
 (the warehouse held open, as in a notebook loop); the hand-written queries also register the spine
 and return a polars frame. Times are the best of ``--repeat`` interleaved runs.
 """
@@ -44,6 +44,7 @@ SPAN_DAYS = 90
 TTLS: dict[str, int | None] = {"narrow": 3, "wide": 30, "none": None}  # days
 FEATURES = ("f_amount", "f_count", "f_code")
 RANGE_LIMIT = 30_000_000
+QUICK_RANGE_LIMIT = 2_000_000
 _US_DAY = 86_400 * 1_000_000
 _START_US = 1_704_067_200 * 1_000_000  # 2024-01-01 UTC
 TS = pa.timestamp("us", tz="UTC")
@@ -278,7 +279,7 @@ def _auto_choice(store: Any, view: str, engine: str) -> str:
 
 def run_dataset(engine: str, root: Path, per_entity: int, ties: float, total: int, spines: list[int],
                 modes: list[str], ttls: list[str], repeat: int, pg_url: str | None,
-                plans: list[str]) -> list[Cell]:
+                plans: list[str], range_limit: int) -> list[Cell]:
     import fsql
 
     sections: dict[str, dict[str, Any]] = {}
@@ -303,7 +304,7 @@ def run_dataset(engine: str, root: Path, per_entity: int, ties: float, total: in
                         days = TTLS[ttl]
                         for mode in modes:
                             cells.append(_cell(store, hand, engine, frame, view, days, ttl, per_entity, ties, mode,
-                                               repeat, plans))
+                                               repeat, plans, range_limit))
         finally:
             hand.close()
     finally:
@@ -317,7 +318,8 @@ def run_dataset(engine: str, root: Path, per_entity: int, ties: float, total: in
 
 
 def _cell(store: Any, hand: DuckHand | PgHand, engine: str, frame: pl.DataFrame, view: str, days: int | None,
-          ttl: str, per_entity: int, ties: float, mode: str, repeat: int, plans: list[str]) -> Cell:
+          ttl: str, per_entity: int, ties: float, mode: str, repeat: int, plans: list[str],
+          range_limit: int) -> Cell:
     features = [f"{view}.{f}" for f in FEATURES]
     cell = Cell(engine, frame.height, per_entity, ttl, ties, mode, hands={})
 
@@ -331,7 +333,7 @@ def _cell(store: Any, hand: DuckHand | PgHand, engine: str, frame: pl.DataFrame,
     relation = hand.relation(view)
     queries: dict[str, str] = {}
     window = min(1.0, (days or SPAN_DAYS) / SPAN_DAYS)
-    if frame.height * per_entity * window <= RANGE_LIMIT:
+    if frame.height * per_entity * window <= range_limit:
         queries["range"] = hand_range(relation, "hand_spine", days, mode, engine)
     if engine == "duckdb" and mode == "event-time":
         queries["asof"] = hand_asof(relation, "hand_spine", days)
@@ -341,7 +343,7 @@ def _cell(store: Any, hand: DuckHand | PgHand, engine: str, frame: pl.DataFrame,
     for plan in plans:
         if plan == "asof" and engine == "postgres":
             continue  # no native ASOF join
-        if plan == "lateral" and engine == "duckdb" and per_entity * frame.height > RANGE_LIMIT:
+        if plan in ("lateral", "range") and per_entity * frame.height * window > range_limit:
             continue  # no index: a scan of the entity's history per spine row
         runs[f"fsql:{plan}"] = fsql_run(plan)
     for name, sql in queries.items():
@@ -393,7 +395,7 @@ def matrix(*, quick: bool, scale: float, repeat: int, pg_url: str | None, workdi
                 write_project(root, events(total, per_entity, tie))
                 started = time.perf_counter()
                 cells += run_dataset(engine, root, per_entity, tie, total, spines, modes, ttls, repeat, pg_url,
-                                     plans)
+                                     plans, QUICK_RANGE_LIMIT if quick else RANGE_LIMIT)
                 print(f"  ({engine}, {per_entity} events/entity, ties {tie:.0%}: {time.perf_counter() - started:.0f} s)")
         print()
         print_cells(cells, plans)

@@ -82,6 +82,9 @@ def test_a_view_annotation_and_a_call_override_the_choice_with_the_same_rows(pro
         change = next(c for c in result.changes if c.name == "customer_profile")
         assert change.action == "updated" and "pit_plan changed" in change.reasons
         assert "/* PIT plan for customer_profile: asof: @pit_plan of the view" in store.compile("churn")
+        # the same file compiled for an engine without ASOF joins falls back to the automatic choice
+        assert ("/* PIT plan for customer_profile: timeline: no TTL (@pit_plan asof is not available on postgres)"
+                in store.compile("churn", "postgres"))
 
 
 def test_bad_plans_are_refused_where_they_are_written(project: Path) -> None:

@@ -179,6 +179,12 @@ RANGE_MAX_WINDOW_MEAN = 8.0
 RANGE_MAX_WINDOW_P99 = 64.0
 
 
+def plan_available(plan: str, dialect: str) -> bool:
+    """Whether ``dialect`` can run ``plan`` (ASOF and LATERAL need engine support)."""
+    caps = capabilities(dialect)
+    return not (plan == "asof" and caps.asof is None) and not (plan == "lateral" and not caps.lateral)
+
+
 def auto_plan(view: PitView, shape: ViewShape | None, dialect: str) -> tuple[PitPlan | None, str]:
     """The plan for ``view`` chosen from its measured shape, with the reason (for ``fsql compile``).
 

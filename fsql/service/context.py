@@ -285,10 +285,13 @@ class Context:
             annotated = views[pv.name].pit_plan
             if plan != "auto":
                 chosen, why = plan, f"{plan}: requested for this call"
-            elif annotated and annotated != "auto":
+            elif annotated and annotated != "auto" and pit.plan_available(annotated, dialect):
                 chosen, why = annotated, f"{annotated}: @pit_plan of the view"
             else:
+                # a view's file is compiled for every engine: a plan one of them lacks falls back to auto
                 chosen, why = pit.auto_plan(pv, (shapes or {}).get(pv.name), dialect)  # type: ignore[assignment]
+                if annotated and annotated != "auto":
+                    why += f" (@pit_plan {annotated} is not available on {dialect})"
             if chosen is not None:
                 plans[pv.name] = chosen  # type: ignore[assignment]
             choices[pv.name] = (chosen or "default", why)
