@@ -1,6 +1,8 @@
 """PIT training-set benchmark: fsql's compiled query vs the best hand-written query, same run.
 
     python -m bench.pit [--scale 1.0] [--repeat 3] [--postgres-url URL] [--timeout 30] [--no-postgres]
+    python -m bench.pit --matrix [--quick] [--scale 1.0] [--plans range,lateral]   (see bench/pit_matrix.py)
+    python -m bench.pit --anchor                                                   (the Feast-shaped anchor)
 
 Data: ``bench.data`` (deterministic). "shallow": ~100k customers, ~2M orders over 90 days, 10
 numeric features with NULLs, a 100k-row spine; "deep": 100 customers x ~1,000 orders each, the same
