@@ -95,3 +95,21 @@ def test_bad_plans_are_refused_where_they_are_written(project: Path) -> None:
     assert "customer_profile.sql:" in str(error.value)
     result = CliRunner().invoke(app, ["compile", "churn", "--plan", "quick", "-p", str(project)])
     assert result.exit_code != 0 and "unknown PIT plan 'quick'" in result.output
+
+
+def test_the_spine_size_takes_part_in_the_choice_and_in_the_cached_sql(project: Path) -> None:
+    """A small spine joins few rows in a range join; a spine as large as the history makes the ASOF
+    plan cheaper. Each size gets its own compiled SQL, and both give the rows of the forced plans."""
+    t = data_time(project).replace(tzinfo=None)
+    features = ["customer_spend.spend_30d"]
+    with fsql.Store(project) as store:
+        store.build()
+        history = store._ctx.registry.view_shapes()["customer_spend"].rows
+        small = pl.DataFrame({"customer_id": [1, 2, 3], "ts": [t] * 3})
+        large = pl.DataFrame({"customer_id": [i % 500 + 1 for i in range(history)], "ts": [t] * history})
+        auto = [store.training_set(features=features, spine=spine, timestamp="ts") for spine in (small, large)]
+        chosen = {dict(key[4])["customer_spend"] for key in store._ctx._compiled[1]}
+        for spine, got in zip((small, large), auto, strict=True):
+            for plan in ("asof", "range"):
+                assert got.equals(store.training_set(features=features, spine=spine, timestamp="ts", plan=plan))
+    assert chosen == {"range", None}, chosen  # None: the engine's default (ASOF on DuckDB)

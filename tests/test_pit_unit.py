@@ -426,17 +426,21 @@ def shape(mean: float, p99: float, span_days: float = 90, rows: int = 1_000) -> 
         (30, shape(20, 400), "duckdb", None, "p99 ~133"),  # a skewed tail would explode the range join
         (365, shape(5, 20), "duckdb", "range", "~5.0 rows"),  # a TTL longer than the history: all of it
         (3, shape(10, 30, span_days=0), "duckdb", None, "~10.0 rows"),  # one instant: every row in the window
+        # the spine's size: 100 rows x ~3.3 rows per window stay small against 1,000 history rows; 1,000 do not
+        ((30, 100), shape(10, 30), "duckdb", "range", "100 spine rows join ~0.33x the history"),
+        ((30, 1_000), shape(10, 30), "duckdb", None, "asof: ~3.3 rows per entity in the TTL window, p99 ~10, 1,000"),
         (3, shape(10, 30), "postgres", "range", "range:"),  # unindexed: range vs the timeline plan
         (3, shape(1000, 1000), "postgres", None, "timeline:"),
         (3, shape(10, 30), "postgres/indexed", None, "lateral: the history's index"),
     ],
 )
 def test_auto_plan_takes_the_range_join_only_for_few_rows_per_ttl_window(
-    ttl_days: int | None, measured: ViewShape | None, dialect: str, plan: str | None, why: str
+    ttl_days: int | tuple[int, int] | None, measured: ViewShape | None, dialect: str, plan: str | None, why: str
 ) -> None:
     dialect, _, indexed = dialect.partition("/")
+    ttl_days, spine_rows = ttl_days if isinstance(ttl_days, tuple) else (ttl_days, None)
     v = view(ttl=timedelta(days=ttl_days) if ttl_days else None, indexed=bool(indexed))
-    chosen, reason = auto_plan(v, measured, dialect)
+    chosen, reason = auto_plan(v, measured, dialect, spine_rows)
     assert chosen == plan and why in reason, reason
 
 

@@ -268,37 +268,56 @@ class Context:
         ordinal: str | None = None,
         plan: PlanChoice = "auto",
         shapes: Mapping[str, ViewShape] | None = None,
+        choices: Mapping[str, tuple[PitPlan | None, str]] | None = None,
     ) -> exp.Query:
-        """The point-in-time join of ``refs`` onto ``spine``, reading each view's history.
+        """The point-in-time join of ``refs`` onto ``spine``, reading each view's history, with the plan
+        per view from ``plan_choices`` (``choices``: computed already). The choice and its reason per
+        view are left in the query's ``meta["pit_plans"]`` for ``fsql compile``."""
+        pit_views = self._pit_views(refs, spine_columns, views)
+        if choices is None:
+            choices = self.plan_choices(refs, spine_columns, views, dialect=dialect, plan=plan, shapes=shapes)
+        plans = {name: chosen for name, (chosen, _) in choices.items() if chosen is not None}
+        query = pit.compile_pit(spine, list(spine_columns), timestamp, pit_views, dialect=dialect, mode=mode,
+                                ordinal=ordinal, plan=plans)  # type: ignore[arg-type]
+        query.meta["pit_plans"] = {name: (chosen or "default", why) for name, (chosen, why) in choices.items()}
+        return query
 
-        ``plan``: one plan for every view, or "auto": each view's ``@pit_plan``, else the choice from its
-        measured shape (``shapes``; see ``pit.auto_plan``). The choice and its reason per view are left
-        in the query's ``meta["pit_plans"]`` for ``fsql compile``."""
+    def plan_choices(
+        self,
+        refs: Sequence[FeatureRef],
+        spine_columns: Sequence[str],
+        views: Mapping[str, FeatureView],
+        *,
+        dialect: str,
+        plan: PlanChoice = "auto",
+        shapes: Mapping[str, ViewShape] | None = None,
+        spine_rows: int | None = None,
+    ) -> dict[str, tuple[PitPlan | None, str]]:
+        """The PIT plan per view (None: the dialect's default) and why: ``plan`` for every view, or with
+        "auto" each view's ``@pit_plan``, else the choice from its measured shape (``shapes``) and the
+        spine's size where known (see ``pit.auto_plan``)."""
+        choices: dict[str, tuple[PitPlan | None, str]] = {}
+        for pv in self._pit_views(refs, spine_columns, views):
+            annotated = views[pv.name].pit_plan
+            if plan != "auto":
+                choices[pv.name] = (plan, f"{plan}: requested for this call")
+            elif annotated and annotated != "auto" and pit.plan_available(annotated, dialect):
+                choices[pv.name] = (annotated, f"{annotated}: @pit_plan of the view")  # type: ignore[assignment]
+            else:
+                # a view's file is compiled for every engine: a plan one of them lacks falls back to auto
+                chosen, why = pit.auto_plan(pv, (shapes or {}).get(pv.name), dialect, spine_rows)
+                if annotated and annotated != "auto":
+                    why += f" (@pit_plan {annotated} is not available on {dialect})"
+                choices[pv.name] = (chosen, why)
+        return choices
+
+    def _pit_views(self, refs: Sequence[FeatureRef], spine_columns: Sequence[str],
+                   views: Mapping[str, FeatureView]) -> list[pit.PitView]:
         outputs = output_names(refs, spine_columns)
         by_view: dict[str, list[tuple[str, str]]] = {}
         for ref in refs:
             by_view.setdefault(ref.view, []).append((ref.feature, outputs[ref]))
-        pit_views = [self.pit_view(views[name], features, history=True) for name, features in by_view.items()]
-        choices: dict[str, tuple[str, str]] = {}
-        plans: dict[str, PitPlan] = {}
-        for pv in pit_views:
-            annotated = views[pv.name].pit_plan
-            if plan != "auto":
-                chosen, why = plan, f"{plan}: requested for this call"
-            elif annotated and annotated != "auto" and pit.plan_available(annotated, dialect):
-                chosen, why = annotated, f"{annotated}: @pit_plan of the view"
-            else:
-                # a view's file is compiled for every engine: a plan one of them lacks falls back to auto
-                chosen, why = pit.auto_plan(pv, (shapes or {}).get(pv.name), dialect)  # type: ignore[assignment]
-                if annotated and annotated != "auto":
-                    why += f" (@pit_plan {annotated} is not available on {dialect})"
-            if chosen is not None:
-                plans[pv.name] = chosen  # type: ignore[assignment]
-            choices[pv.name] = (chosen or "default", why)
-        query = pit.compile_pit(spine, list(spine_columns), timestamp, pit_views, dialect=dialect, mode=mode,
-                                ordinal=ordinal, plan=plans)
-        query.meta["pit_plans"] = choices
-        return query
+        return [self.pit_view(views[name], features, history=True) for name, features in by_view.items()]
 
     def measure_shape(self, view: FeatureView) -> ViewShape | None:
         """Measure and store the shape of ``view``'s history, from which training sets choose its PIT

@@ -171,7 +171,7 @@ def _training_query(
     mode = check_pit_mode(mode or "known-at")
     plan = check_plan(plan)
     engine = ctx.engine
-    with _spine(ctx, spine, definition) as (relation, columns, ordinal, shape):
+    with _spine(ctx, spine, definition) as (relation, columns, ordinal, shape, rows):
         if ts not in columns:
             raise RequestError(f"the spine has no column '{ts}'",
                                hint=did_you_mean(ts, columns) or f"its columns are {', '.join(columns)}")
@@ -181,15 +181,19 @@ def _training_query(
                     raise RequestError(f"the spine has no column '{key}', the entity key of '{ref.view}'",
                                        hint=f"add {key} to the spine")
 
+        # the plans first (cheap): they depend on the spine's size, which the cached SQL must not
+        choices = ctx.plan_choices(refs, columns, views, dialect=engine.dialect, plan=plan,
+                                   shapes=definitions.shapes, spine_rows=rows)
+
         def compile() -> str:
             query = ctx.pit_query(relation, columns, ts, refs, views, dialect=engine.dialect, mode=mode,
-                                  ordinal=ordinal, plan=plan, shapes=definitions.shapes)
+                                  ordinal=ordinal, choices=choices)
             return generate(query, engine.dialect)
 
         if shape is None:
             yield compile()
         else:
-            key = (shape, ts, tuple(refs), mode, plan, engine.dialect)
+            key = (shape, ts, tuple(refs), mode, tuple((n, c) for n, (c, _) in choices.items()), engine.dialect)
             yield ctx.compiled(definitions, key, compile)
 
 
@@ -219,9 +223,10 @@ def query(ctx: Context, sql: str, params: Sequence[Any] | None = None) -> pa.Tab
 
 @contextmanager
 def _spine(ctx: Context, spine: Spine, definition: TrainingSet | None
-           ) -> Iterator[tuple[exp.Expression, list[str], str | None, Hashable | None]]:
+           ) -> Iterator[tuple[exp.Expression, list[str], str | None, Hashable | None, int | None]]:
     """The spine as a relation the engine can join: registered data, a source, or a SQL query; and,
-    for registered data, its shape (name and column types: what the compiled SQL depends on)."""
+    for registered data, its shape (name and column types: what the compiled SQL depends on) and
+    its row count (what the plan choice weighs)."""
     engine = ctx.engine
     if spine is None:
         if definition is None:
@@ -231,10 +236,10 @@ def _spine(ctx: Context, spine: Spine, definition: TrainingSet | None
         resolved = resolve_names(registered, set(definition.depends_on), ctx.relation_for(engine.dialect))  # type: ignore[arg-type]
         sql = to_dialect(resolved, definition.dialect, engine.dialect, path=definition.path, line=definition.line)
         yield (exp.Subquery(this=sqlglot.parse_one(sql, read=engine.dialect)),
-               [c.name for c in definition.spine_columns], None, None)
+               [c.name for c in definition.spine_columns], None, None, None)
         return
     if isinstance(spine, str):
-        yield (*_named_or_sql_spine(ctx, spine), None)
+        yield (*_named_or_sql_spine(ctx, spine), None, None)
         return
     table = to_arrow(spine)
     if ORDINAL in table.column_names:
@@ -249,7 +254,7 @@ def _spine(ctx: Context, spine: Spine, definition: TrainingSet | None
     try:
         relation = engine.register(name, table)
         try:
-            yield relation, [*columns, ORDINAL], ORDINAL, shape
+            yield relation, [*columns, ORDINAL], ORDINAL, shape, table.num_rows
         finally:
             engine.unregister(name)
     finally:
