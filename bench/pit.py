@@ -486,6 +486,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--anchor", action="store_true",
                         help="the Feast-shaped anchor: 1M events, 50k spine, TTL 30 days, event-time (at --scale 1)")
     parser.add_argument("--plans", default="", help="with --matrix: also time these forced plans, e.g. asof,range")
+    parser.add_argument("--spines", default="", help="with --matrix: spine sizes, e.g. 10000,100000")
+    parser.add_argument("--engines", default="", help="with --matrix: duckdb, postgres or both (default)")
     parser.add_argument("--measure-duckdb-memory", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure_duckdb_memory:
@@ -502,7 +504,9 @@ def main(argv: list[str] | None = None) -> None:
             if args.matrix:
                 plans = [p for p in args.plans.split(",") if p]
                 pit_matrix.matrix(quick=args.quick, scale=args.scale, repeat=args.repeat, pg_url=pg_url,
-                                  workdir=Path(tmp), plans=plans)
+                                  workdir=Path(tmp), plans=plans,
+                                  spines=[int(n) for n in args.spines.split(",") if n] or None,
+                                  engines=[e for e in args.engines.split(",") if e] or None)
             print(f"\ntotal {time.perf_counter() - started:.0f} s")
         return
 

@@ -377,13 +377,14 @@ def print_cells(cells: list[Cell], plans: list[str]) -> None:
     print(f"  worst ratio {worst:.2f}")
 
 
-def matrix(*, quick: bool, scale: float, repeat: int, pg_url: str | None, workdir: Path, plans: list[str]) -> None:
+def matrix(*, quick: bool, scale: float, repeat: int, pg_url: str | None, workdir: Path, plans: list[str],
+           spines: list[int] | None = None, engines: list[str] | None = None) -> None:
     total = int((200_000 if quick else 1_000_000) * scale)
-    spines = [10_000] if quick else [10_000, 100_000] + ([1_000_000] if scale >= 2 else [])
+    spines = spines or ([10_000] if quick else [10_000, 100_000] + ([1_000_000] if scale >= 2 else []))
     ties = [0.0] if quick else [0.0, 0.3]
     modes = ["event-time", "known-at"]
     ttls = ["narrow", "none"] if quick else list(TTLS)
-    engines = ["duckdb"] + (["postgres"] if pg_url else [])
+    engines = [e for e in engines or ["duckdb", "postgres"] if e == "duckdb" or pg_url]
     print(f"PIT matrix: {total:,} events per dataset, spines {spines}, best of {repeat}")
     for engine in engines:
         cells: list[Cell] = []

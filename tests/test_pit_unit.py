@@ -432,6 +432,9 @@ def shape(mean: float, p99: float, span_days: float = 90, rows: int = 1_000) -> 
         (3, shape(10, 30), "postgres", "range", "range:"),  # unindexed: range vs the timeline plan
         (3, shape(1000, 1000), "postgres", None, "timeline:"),
         (3, shape(10, 30), "postgres/indexed", None, "lateral: the history's index"),
+        ((3, 50), shape(10, 30), "postgres/indexed", None, "lateral: the history's index"),  # few probes
+        ((3, 200), shape(10, 30), "postgres/indexed", "range", "range:"),  # one scan beats 200 probes
+        ((3, 200), shape(100, 300), "postgres/indexed", None, "lateral: ~3.3 rows"),
     ],
 )
 def test_auto_plan_takes_the_range_join_only_for_few_rows_per_ttl_window(

@@ -180,6 +180,10 @@ RANGE_MAX_WINDOW_P99 = 64.0
 # ...and the rows it joins against the history the ASOF plan sorts: at 100k spine rows with ~3 rows per
 # window over a 500k-row history (share 0.66) the ASOF plan was 1.7x faster, at 10k (0.07) 2-3x slower.
 RANGE_MAX_JOIN_SHARE = 0.4
+# With an index (PostgreSQL LATERAL) each spine row costs one random index probe, the range join one scan
+# of the history: at 10k spine rows against 500k history rows LATERAL was 3x faster, at 100k the range
+# join 1.2-1.4x faster (bench/pit.py --matrix --scale 0.5). Below this spine share LATERAL is kept.
+RANGE_MIN_SPINE_SHARE_INDEXED = 0.1
 
 
 def plan_available(plan: str, dialect: str) -> bool:
@@ -197,17 +201,14 @@ def auto_plan(
     chosen only for a view with a TTL whose window holds few rows per entity, on average and at the
     99th percentile (rows are assumed spread evenly over the history's span); a view without a TTL
     always keeps the default, whose cost does not grow with history depth (an unbounded window would
-    grow with every load after the measurement), and so does an indexed history (LATERAL). With
-    ``spine_rows`` known (a DataFrame spine), the rows the range join produces (spine rows x window)
-    must also stay small against the history the ASOF plan sorts."""
+    grow with every load after the measurement). With ``spine_rows`` known (a DataFrame spine), the rows
+    the range join produces (spine rows x window) must also stay small against the history the ASOF
+    plan sorts; on an indexed history (LATERAL: one index probe per spine row) the spine must also be
+    large enough that one scan of the history beats the probes."""
     caps = capabilities(dialect)
     default = caps.pit_plan_indexed if view.indexed else caps.pit_plan
     if view.ttl is None:
         return None, f"{default}: no TTL"
-    if default == "lateral":
-        # one index probe reading one row per spine row: the range join reads the whole window
-        # (bench/pit.py --matrix on PostgreSQL: LATERAL wins on every shape with an index)
-        return None, f"{default}: the history's index serves one row per spine row"
     if shape is None or shape.rows == 0:
         return None, f"{default}: no statistics yet (run `fsql build` or `fsql materialize`)"
     share = 1.0 if shape.span_seconds <= 0 else min(1.0, view.ttl.total_seconds() / shape.span_seconds)
@@ -215,6 +216,9 @@ def auto_plan(
     numbers = f"~{mean:.1f} rows per entity in the TTL window, p99 ~{p99:.0f}"
     if mean > RANGE_MAX_WINDOW_MEAN or p99 > RANGE_MAX_WINDOW_P99:
         return None, f"{default}: {numbers}"
+    if default == "lateral" and (spine_rows is None or spine_rows < RANGE_MIN_SPINE_SHARE_INDEXED * shape.rows):
+        # one index probe per spine row reads one row: cheaper than scanning the history for few rows
+        return None, f"{default}: the history's index serves one row per spine row"
     if spine_rows is not None:
         joined = spine_rows * mean / shape.rows
         numbers += f", {spine_rows:,} spine rows join ~{joined:.2f}x the history"
