@@ -264,7 +264,7 @@ def _session(store: Any) -> Any:
     return store.session() if hasattr(store, "session") else contextlib.nullcontext()
 
 
-def _auto_choice(store: Any, view: str, engine: str) -> str:
+def _auto_choice(store: Any, view: str, engine: str, spine_rows: int) -> str:
     """The plan fsql's "auto" picks for ``view`` (what ``fsql compile`` prints for a training set)."""
     try:
         from fsql.compiler.pit import auto_plan
@@ -273,7 +273,8 @@ def _auto_choice(store: Any, view: str, engine: str) -> str:
 
     ctx = store._ctx  # the bench looks inside: the choice is what it measures
     definition = ctx.definitions().views[view]
-    plan, _ = auto_plan(ctx.pit_view(definition, history=True), ctx.definitions().shapes.get(view), engine)
+    plan, _ = auto_plan(ctx.pit_view(definition, history=True), ctx.definitions().shapes.get(view), engine,
+                        spine_rows)
     return plan or "default"
 
 
@@ -329,7 +330,7 @@ def _cell(store: Any, hand: DuckHand | PgHand, engine: str, frame: pl.DataFrame,
                                           **options)
 
     want = fsql_run()()
-    cell.plan = _auto_choice(store, view, engine)
+    cell.plan = _auto_choice(store, view, engine, frame.height)
     relation = hand.relation(view)
     queries: dict[str, str] = {}
     window = min(1.0, (days or SPAN_DAYS) / SPAN_DAYS)
