@@ -264,7 +264,7 @@ def _session(store: Any) -> Any:
     return store.session() if hasattr(store, "session") else contextlib.nullcontext()
 
 
-def _auto_choice(store: Any, view: str, engine: str, spine_rows: int) -> str:
+def _auto_choice(store: Any, view: str, engine: str, spine_rows: int, mode: str) -> str:
     """The plan fsql's "auto" picks for ``view`` (what ``fsql compile`` prints for a training set)."""
     try:
         from fsql.compiler.pit import auto_plan
@@ -274,7 +274,7 @@ def _auto_choice(store: Any, view: str, engine: str, spine_rows: int) -> str:
     ctx = store._ctx  # the bench looks inside: the choice is what it measures
     definition = ctx.definitions().views[view]
     plan, _ = auto_plan(ctx.pit_view(definition, history=True), ctx.definitions().shapes.get(view), engine,
-                        spine_rows)
+                        spine_rows, mode)  # type: ignore[arg-type]
     return plan or "default"
 
 
@@ -330,7 +330,7 @@ def _cell(store: Any, hand: DuckHand | PgHand, engine: str, frame: pl.DataFrame,
                                           **options)
 
     want = fsql_run()()
-    cell.plan = _auto_choice(store, view, engine, frame.height)
+    cell.plan = _auto_choice(store, view, engine, frame.height, mode)
     relation = hand.relation(view)
     queries: dict[str, str] = {}
     window = min(1.0, (days or SPAN_DAYS) / SPAN_DAYS)

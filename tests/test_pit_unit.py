@@ -429,6 +429,8 @@ def shape(mean: float, p99: float, span_days: float = 90, rows: int = 1_000) -> 
         # the spine's size: 100 rows x ~3.3 rows per window stay small against 1,000 history rows; 1,000 do not
         ((30, 100), shape(10, 30), "duckdb", "range", "100 spine rows join ~0.33x the history"),
         ((30, 1_000), shape(10, 30), "duckdb", None, "asof: ~3.3 rows per entity in the TTL window, p99 ~10, 1,000"),
+        # known-at with a created column: the ASOF plan's running MAX makes the range join worth more rows
+        ((30, 200), shape(10, 30), "duckdb/known-at", "range", "200 spine rows join ~0.67x"),
         (3, shape(10, 30), "postgres", "range", "range:"),  # unindexed: range vs the timeline plan
         (3, shape(1000, 1000), "postgres", None, "timeline:"),
         (3, shape(10, 30), "postgres/indexed", None, "lateral: the history's index"),
@@ -440,10 +442,11 @@ def shape(mean: float, p99: float, span_days: float = 90, rows: int = 1_000) -> 
 def test_auto_plan_takes_the_range_join_only_for_few_rows_per_ttl_window(
     ttl_days: int | tuple[int, int] | None, measured: ViewShape | None, dialect: str, plan: str | None, why: str
 ) -> None:
-    dialect, _, indexed = dialect.partition("/")
+    dialect, _, variant = dialect.partition("/")
     ttl_days, spine_rows = ttl_days if isinstance(ttl_days, tuple) else (ttl_days, None)
-    v = view(ttl=timedelta(days=ttl_days) if ttl_days else None, indexed=bool(indexed))
-    chosen, reason = auto_plan(v, measured, dialect, spine_rows)
+    v = view(ttl=timedelta(days=ttl_days) if ttl_days else None, indexed=variant == "indexed",
+             created="created" if variant == "known-at" else None)
+    chosen, reason = auto_plan(v, measured, dialect, spine_rows, "known-at")
     assert chosen == plan and why in reason, reason
 
 

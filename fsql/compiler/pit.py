@@ -180,6 +180,9 @@ RANGE_MAX_WINDOW_P99 = 64.0
 # ...and the rows it joins against the history the ASOF plan sorts: at 100k spine rows with ~3 rows per
 # window over a 500k-row history (share 0.66) the ASOF plan was 1.7x faster, at 10k (0.07) 2-3x slower.
 RANGE_MAX_JOIN_SHARE = 0.4
+# In known-at mode the ASOF plan also computes a running MAX over the history (the eligibility order),
+# the range join only one more condition: at share 0.66 the range join was 1.3-1.5x faster.
+RANGE_MAX_JOIN_SHARE_KNOWN_AT = 1.0
 # With an index (PostgreSQL LATERAL) each spine row costs one random index probe, the range join one scan
 # of the history: at 10k spine rows against 500k history rows LATERAL was 3x faster, at 100k the range
 # join 1.2-1.4x faster (bench/pit.py --matrix --scale 0.5). Below this spine share LATERAL is kept.
@@ -193,7 +196,11 @@ def plan_available(plan: str, dialect: str) -> bool:
 
 
 def auto_plan(
-    view: PitView, shape: ViewShape | None, dialect: str, spine_rows: int | None = None
+    view: PitView,
+    shape: ViewShape | None,
+    dialect: str,
+    spine_rows: int | None = None,
+    mode: PitMode = "known-at",
 ) -> tuple[PitPlan | None, str]:
     """The plan for ``view`` chosen from its measured shape, with the reason (for ``fsql compile``).
 
@@ -222,7 +229,8 @@ def auto_plan(
     if spine_rows is not None:
         joined = spine_rows * mean / shape.rows
         numbers += f", {spine_rows:,} spine rows join ~{joined:.2f}x the history"
-        if joined > RANGE_MAX_JOIN_SHARE:
+        known_at = mode == "known-at" and view.created is not None
+        if joined > (RANGE_MAX_JOIN_SHARE_KNOWN_AT if known_at else RANGE_MAX_JOIN_SHARE):
             return None, f"{default}: {numbers}"
     return "range", f"range: {numbers}"
 

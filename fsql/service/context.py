@@ -275,7 +275,8 @@ class Context:
         view are left in the query's ``meta["pit_plans"]`` for ``fsql compile``."""
         pit_views = self._pit_views(refs, spine_columns, views)
         if choices is None:
-            choices = self.plan_choices(refs, spine_columns, views, dialect=dialect, plan=plan, shapes=shapes)
+            choices = self.plan_choices(refs, spine_columns, views, dialect=dialect, mode=mode, plan=plan,
+                                        shapes=shapes)
         plans = {name: chosen for name, (chosen, _) in choices.items() if chosen is not None}
         query = pit.compile_pit(spine, list(spine_columns), timestamp, pit_views, dialect=dialect, mode=mode,
                                 ordinal=ordinal, plan=plans)  # type: ignore[arg-type]
@@ -289,6 +290,7 @@ class Context:
         views: Mapping[str, FeatureView],
         *,
         dialect: str,
+        mode: PitMode = "known-at",
         plan: PlanChoice = "auto",
         shapes: Mapping[str, ViewShape] | None = None,
         spine_rows: int | None = None,
@@ -305,7 +307,7 @@ class Context:
                 choices[pv.name] = (annotated, f"{annotated}: @pit_plan of the view")  # type: ignore[assignment]
             else:
                 # a view's file is compiled for every engine: a plan one of them lacks falls back to auto
-                chosen, why = pit.auto_plan(pv, (shapes or {}).get(pv.name), dialect, spine_rows)
+                chosen, why = pit.auto_plan(pv, (shapes or {}).get(pv.name), dialect, spine_rows, mode)
                 if annotated and annotated != "auto":
                     why += f" (@pit_plan {annotated} is not available on {dialect})"
                 choices[pv.name] = (chosen, why)

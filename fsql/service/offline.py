@@ -182,7 +182,7 @@ def _training_query(
                                        hint=f"add {key} to the spine")
 
         # the plans first (cheap): they depend on the spine's size, which the cached SQL must not
-        choices = ctx.plan_choices(refs, columns, views, dialect=engine.dialect, plan=plan,
+        choices = ctx.plan_choices(refs, columns, views, dialect=engine.dialect, mode=mode, plan=plan,
                                    shapes=definitions.shapes, spine_rows=rows)
 
         def compile() -> str:
