@@ -178,8 +178,9 @@ def pit_view_of(
 RANGE_MAX_WINDOW_MEAN = 8.0
 RANGE_MAX_WINDOW_P99 = 64.0
 # ...and the rows it joins against the history the ASOF plan sorts: at 100k spine rows with ~3 rows per
-# window over a 500k-row history (share 0.66) the ASOF plan was 1.7x faster, at 10k (0.07) 2-3x slower.
-RANGE_MAX_JOIN_SHARE = 0.4
+# window over a 500k-row history (share 0.66) the ASOF plan was 1.7x faster, at 10k (0.07) 2-3x slower;
+# on the Feast-shaped anchor (0.33: 50k spine rows, ~6.7 rows per window, 1M rows) 1.1-1.2x faster.
+RANGE_MAX_JOIN_SHARE = 0.25
 # In known-at mode the ASOF plan also computes a running MAX over the history (the eligibility order),
 # the range join only one more condition: at share 0.66 the range join was 1.3-1.5x faster.
 RANGE_MAX_JOIN_SHARE_KNOWN_AT = 1.0
