@@ -1,6 +1,8 @@
 """PIT training-set benchmark: fsql's compiled query vs the best hand-written query, same run.
 
     python -m bench.pit [--scale 1.0] [--repeat 3] [--postgres-url URL] [--timeout 30] [--no-postgres]
+    python -m bench.pit --matrix [--quick] [--scale 1.0] [--plans range,lateral]   (see bench/pit_matrix.py)
+    python -m bench.pit --anchor                                                   (the Feast-shaped anchor)
 
 Data: ``bench.data`` (deterministic). "shallow": ~100k customers, ~2M orders over 90 days, 10
 numeric features with NULLs, a 100k-row spine; "deep": 100 customers x ~1,000 orders each, the same
@@ -478,10 +480,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--engine", choices=["duckdb", "spark"], default="duckdb",
                         help="spark: fsql vs hand-written Spark SQL, and the 100k -> 1M spine growth")
+    parser.add_argument("--matrix", action="store_true",
+                        help="fsql's whole training_set call vs the best hand-written query per workload shape")
+    parser.add_argument("--quick", action="store_true", help="with --matrix: a subset that runs in ~2 minutes")
+    parser.add_argument("--anchor", action="store_true",
+                        help="the Feast-shaped anchor: 1M events, 50k spine, TTL 30 days, event-time (at --scale 1)")
+    parser.add_argument("--plans", default="", help="with --matrix: also time these forced plans, e.g. asof,range")
+    parser.add_argument("--spines", default="", help="with --matrix: spine sizes, e.g. 10000,100000")
+    parser.add_argument("--engines", default="", help="with --matrix: duckdb, postgres or both (default)")
     parser.add_argument("--measure-duckdb-memory", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure_duckdb_memory:
         _measure_duckdb_memory(args.measure_duckdb_memory)
+        return
+    if args.matrix or args.anchor:
+        from bench import pit_matrix
+
+        pg_url = None if args.no_postgres else args.postgres_url
+        with tempfile.TemporaryDirectory(prefix="fsql_bench_pit_") as tmp:
+            started = time.perf_counter()
+            if args.anchor:
+                pit_matrix.anchor(scale=args.scale, repeat=max(args.repeat, 5), workdir=Path(tmp))
+            if args.matrix:
+                plans = [p for p in args.plans.split(",") if p]
+                pit_matrix.matrix(quick=args.quick, scale=args.scale, repeat=args.repeat, pg_url=pg_url,
+                                  workdir=Path(tmp), plans=plans,
+                                  spines=[int(n) for n in args.spines.split(",") if n] or None,
+                                  engines=[e for e in args.engines.split(",") if e] or None)
+            print(f"\ntotal {time.perf_counter() - started:.0f} s")
         return
 
     started = time.perf_counter()

@@ -23,7 +23,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from fsql.config import SUPPORTED_DIALECTS
-from fsql.definitions import check_pit_mode
+from fsql.definitions import PIT_PLAN_CHOICES, check_pit_mode, check_plan
 from fsql.errors import FsqlError, NotFoundError, RequestError
 
 app = typer.Typer(
@@ -42,6 +42,8 @@ KindOpt = Annotated[str | None, typer.Option("--kind", metavar="view|training_se
                                              help="Which object when a view, set or model share a name.")]
 PitModeOpt = Annotated[str, typer.Option("--pit-mode", metavar="known-at|event-time",
                                          help="known-at (default) or event-time (Feast-compatible).")]
+PlanOpt = Annotated[str, typer.Option("--plan", metavar="|".join(PIT_PLAN_CHOICES),
+                                      help="PIT join plan for every view; auto (default) chooses per view.")]
 F = TypeVar("F", bound=Callable[..., Any])
 OUTPUT_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".ndjson": "json", ".json": "json"}
 
@@ -200,13 +202,15 @@ def compile_(
     dialect: Annotated[str, typer.Option("--dialect", "-d", metavar="|".join(SUPPORTED_DIALECTS),
                                          help="Target SQL dialect.")] = "duckdb",
     pit_mode: PitModeOpt = "known-at",
+    plan: PlanOpt = "auto",
     project: ProjectOpt = Path("."),
     variables: VarOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Print the exact SQL fsql would run for a view or training set, in any supported dialect."""
+    """Print the exact SQL fsql would run for a view or training set, in any supported dialect
+    (a training set's SQL starts with a comment naming the PIT plan chosen per view, and why)."""
     with _store(project, variables) as store:
-        sql = store.compile(name, dialect, mode=check_pit_mode(pit_mode))
+        sql = store.compile(name, dialect, mode=check_pit_mode(pit_mode), plan=check_plan(plan))
         if as_json:
             _json({"name": name, "dialect": dialect, "sql": sql})
         else:
@@ -566,6 +570,7 @@ def training_set(
     spine: Annotated[str | None, typer.Option(help="A source name, a SQL query, or a .parquet/.csv file; default: the set's own spine.")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output: a .parquet, .csv or .jsonl file, or a directory (DIR/) of Parquet files written by the engine.")] = Path("training_set.parquet"),
     pit_mode: PitModeOpt = "known-at",
+    plan: PlanOpt = "auto",
     project: ProjectOpt = Path("."),
     variables: VarOpt = None,
 ) -> None:
@@ -576,7 +581,8 @@ def training_set(
         # A directory: Parquet files written by the engine itself (for sets larger than memory).
         with _store(project, variables) as store:
             began = time.perf_counter()
-            written = store.write_training_set(output, name, spine=spine, pit_mode=check_pit_mode(pit_mode))
+            written = store.write_training_set(output, name, spine=spine, pit_mode=check_pit_mode(pit_mode),
+                                               plan=check_plan(plan))
             typer.echo(f"wrote {written.rows:,} rows in {written.files} Parquet files to {output}/ "
                        f"in {time.perf_counter() - began:.2f}s")
         return
@@ -590,9 +596,9 @@ def training_set(
             from rich.console import Console
 
             with Console(stderr=True).status(f"computing training set {name}..."):
-                frame = store.training_set(name, spine=spine_data, pit_mode=check_pit_mode(pit_mode))
+                frame = store.training_set(name, spine=spine_data, pit_mode=check_pit_mode(pit_mode), plan=check_plan(plan))
         else:
-            frame = store.training_set(name, spine=spine_data, pit_mode=check_pit_mode(pit_mode))
+            frame = store.training_set(name, spine=spine_data, pit_mode=check_pit_mode(pit_mode), plan=check_plan(plan))
         output.parent.mkdir(parents=True, exist_ok=True)
         {"parquet": frame.write_parquet, "csv": frame.write_csv, "json": frame.write_ndjson}[fmt](output)
         typer.echo(f"wrote {frame.height:,} rows x {frame.width} columns to {output} in {time.perf_counter() - began:.2f}s")

@@ -24,6 +24,9 @@ PitMode = Literal["known-at", "event-time"]
 # "created" step use it, not the @created column, which only names a source's load time.
 KNOWN_AT = "__known_at"
 PIT_MODES: tuple[PitMode, ...] = ("known-at", "event-time")
+# How a training set joins each view (fsql.compiler.pit): "auto" chooses per view from its statistics
+PlanChoice = Literal["auto", "asof", "range", "timeline", "lateral"]
+PIT_PLAN_CHOICES: tuple[PlanChoice, ...] = ("auto", "asof", "range", "timeline", "lateral")
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ class FeatureView:
     description: str | None = None
     depends_on: tuple[str, ...] = ()  # names of sources and views the query reads
     fingerprint: str = ""
+    # `-- @pit_plan`: the PIT join plan training sets use for this view ("auto": chosen from its shape)
+    pit_plan: str | None = None
 
     @property
     def features(self) -> tuple[Column, ...]:
@@ -85,6 +90,19 @@ class FeatureView:
 
     def column(self, name: str) -> Column | None:
         return next((c for c in self.columns if c.name == name), None)
+
+
+@dataclass(frozen=True)
+class ViewShape:
+    """The shape of a view's history, measured in the engine at build and materialize: what the PIT
+    plan choice needs (``fsql.compiler.pit.auto_plan``). Rows with a NULL key or event time are left out."""
+
+    rows: int
+    entities: int  # distinct entity keys
+    events_mean: float  # rows per entity
+    events_p99: float
+    span_seconds: float  # latest minus earliest event time
+    tie_share: float  # share of rows beyond the first at their (keys, event time)
 
 
 @dataclass(frozen=True)
@@ -176,6 +194,15 @@ def check_pit_mode(mode: str) -> PitMode:
     if mode not in PIT_MODES:
         raise RequestError(f"unknown PIT mode '{mode}'", hint="use 'known-at' or 'event-time'")
     return mode  # type: ignore[return-value]
+
+
+def check_plan(plan: str | None) -> PlanChoice:
+    """A training set's PIT plan request: "auto" (None) lets fsql choose per view from its statistics."""
+    if plan is None:
+        return "auto"
+    if plan not in PIT_PLAN_CHOICES:
+        raise RequestError(f"unknown PIT plan '{plan}'", hint=f"use one of {', '.join(PIT_PLAN_CHOICES)}")
+    return plan  # type: ignore[return-value]
 
 
 def parse_ref(text: str) -> FeatureRef:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import suppress
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -11,7 +11,7 @@ from typing import Any
 import polars as pl
 
 from fsql.config import Config
-from fsql.definitions import FeatureView, Model, PitMode, TrainingSet, output_names, parse_ref
+from fsql.definitions import FeatureView, Model, PitMode, PlanChoice, TrainingSet, output_names, parse_ref
 from fsql.errors import NotFoundError, RegistryError, RequestError, did_you_mean
 from fsql.registry import (
     LineageGraph,
@@ -70,11 +70,22 @@ class Store:
         with self._ctx.warehouse(write=True):
             return build_service.plan(self._ctx)
 
-    # Offline -----------------------------------------------------------------------------------------
-    def compile(self, name: str, dialect: str = "duckdb", *, mode: PitMode = "known-at") -> str:
-        """The exact SQL of a view or training set in ``dialect``."""
+    @contextmanager
+    def session(self) -> Iterator[Store]:
+        """Hold the warehouse open (read-only) across the calls in this block, e.g. a loop of training
+        sets: opening and closing a DuckDB file costs tens of milliseconds per call. Meanwhile no other
+        process can write a DuckDB warehouse file (`fsql build` is refused until the block ends), and a
+        call that writes is refused inside it."""
         with self._ctx.warehouse(write=False):
-            return offline.compile_sql(self._ctx, name, dialect, mode=mode)
+            yield self
+
+    # Offline -----------------------------------------------------------------------------------------
+    def compile(self, name: str, dialect: str = "duckdb", *, mode: PitMode = "known-at",
+                plan: PlanChoice | None = None) -> str:
+        """The exact SQL of a view or training set in ``dialect`` (a training set's starts with a comment
+        naming the PIT plan of each view and why it was chosen)."""
+        with self._ctx.warehouse(write=False):
+            return offline.compile_sql(self._ctx, name, dialect, mode=mode, plan=plan)
 
     def training_set(
         self,
@@ -84,10 +95,13 @@ class Store:
         features: Sequence[str] | None = None,
         timestamp: str | None = None,
         pit_mode: PitMode | None = None,
+        plan: PlanChoice | None = None,
     ) -> pl.DataFrame:
+        """A point-in-time training set. ``plan`` forces one PIT join plan for every view ("asof",
+        "range", ...); the default "auto" takes each view's ``@pit_plan`` or chooses from its statistics."""
         with self._ctx.warehouse(write=False):
             table = offline.training_set(self._ctx, name, features=features, spine=spine, timestamp=timestamp,
-                                         mode=pit_mode)
+                                         mode=pit_mode, plan=plan)
         return pl.from_arrow(table)  # type: ignore[return-value]
 
     # Training sets larger than memory ------------------------------------------------------------------
@@ -100,12 +114,14 @@ class Store:
         features: Sequence[str] | None = None,
         timestamp: str | None = None,
         pit_mode: PitMode | None = None,
+        plan: PlanChoice | None = None,
     ) -> WrittenSet:
         """Write a training set to ``output``: a directory of Parquet files written by the engine
         (bounded memory here), or one ``.parquet`` file computed in memory; other suffixes are refused."""
         path = Path(output)
         if path.suffix.lower() == ".parquet":
-            frame = self.training_set(name, spine=spine, features=features, timestamp=timestamp, pit_mode=pit_mode)
+            frame = self.training_set(name, spine=spine, features=features, timestamp=timestamp, pit_mode=pit_mode,
+                                      plan=plan)
             path.parent.mkdir(parents=True, exist_ok=True)
             frame.write_parquet(path)
             return WrittenSet(path, frame.height, 1)
@@ -114,7 +130,7 @@ class Store:
                                hint="name a directory (Parquet files written by the engine) or a .parquet file")
         with self._ctx.warehouse(write=False):
             return offline.write_training_set(self._ctx, path, name, features=features, spine=spine,
-                                              timestamp=timestamp, mode=pit_mode)
+                                              timestamp=timestamp, mode=pit_mode, plan=plan)
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
         """Plain SQL over the generated views (unqualified names resolve to the warehouse schema)."""

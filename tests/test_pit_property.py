@@ -1,5 +1,8 @@
 """Property tests: every PIT plan, on DuckDB and PostgreSQL, equals the brute-force reference.
 
+Every plan runs on the same generated data, alone and mixed per view (as "auto" picks plans from each
+view's shape), so the ASOF and range plans are checked against the same reference rows.
+
 Random data is drawn from tiny domains on purpose: timestamps on an hourly grid (many ties, TTL
 boundaries hit exactly), NULL event_ts and created, NULL/NaN/'' values, int64 beyond 2**53,
 composite int + str keys, exact duplicate view rows, duplicated spine rows, spine entities with no
@@ -225,6 +228,10 @@ def compiled(sc: Scenario, dialect: str, mode: str, plan: str | None, run_as: st
     if sc.spine_as_query:
         spine = exp.select("*").from_("spine")
     views = [v.pit for v in sc.views]
+    if plan is not None and plan.startswith("mixed:"):
+        # one plan per view, alternating, as "auto" picks them from each view's shape
+        cycle = plan.split(":")[1].split("/")
+        plan = {v.name: cycle[i % len(cycle)] for i, v in enumerate(views)}  # type: ignore[assignment]
     if dialect in VARIANTS:
         # the same engine with some capabilities off: exercises plan shapes that only engines we
         # cannot run here use (Snowflake's probe-shaped ASOF plan, plans without MATERIALIZED)
@@ -252,14 +259,23 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 # two live engines, which checks the plans' semantics.
 DUCKDB_PLANS = [
     ("duckdb", None),
+    ("duckdb", "asof"),
     ("duckdb", "timeline"),
     ("duckdb", "range"),
+    ("duckdb", "mixed:range/asof"),
+    ("duckdb", "mixed:asof/range"),
     ("duckdb", "lateral"),
     ("duckdb/probe", None),
     ("duckdb/no-split", None),
     ("trino", None),
 ]
-POSTGRES_PLANS = [("postgres", None), ("postgres", "lateral"), ("postgres", "range")]
+POSTGRES_PLANS = [
+    ("postgres", None),
+    ("postgres", "lateral"),
+    ("postgres", "range"),
+    ("postgres", "mixed:range/lateral"),
+    ("postgres", "mixed:timeline/range"),
+]
 
 
 # --- engines -----------------------------------------------------------------------------------

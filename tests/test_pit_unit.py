@@ -19,8 +19,9 @@ from fsql.compiler import (
     latest_per_entity,
     offline_index,
 )
-from fsql.compiler.pit import _interval
+from fsql.compiler.pit import _interval, auto_plan
 from fsql.compiler.rewrites import generate
+from fsql.definitions import ViewShape
 from fsql.errors import CompileError
 
 T0 = datetime(2024, 1, 1)
@@ -402,3 +403,59 @@ def test_offline_index_names_and_dialects() -> None:
     assert offline_index(view(), exp.to_table("t"), "bigquery") is None
     with pytest.raises(CompileError):
         offline_index(view(), sqlglot.parse_one("SELECT 1"), "postgres")  # type: ignore[arg-type]
+
+
+# --- automatic plan choice ------------------------------------------------------------------------
+
+DAY = 86_400.0
+
+
+def shape(mean: float, p99: float, span_days: float = 90, rows: int = 1_000) -> ViewShape:
+    return ViewShape(rows=rows, entities=max(1, int(rows / mean)), events_mean=mean, events_p99=p99,
+                     span_seconds=span_days * DAY, tie_share=0.0)
+
+
+@pytest.mark.parametrize(
+    ("ttl_days", "measured", "dialect", "plan", "why"),
+    [
+        (None, shape(1, 1), "duckdb", None, "asof: no TTL"),  # no TTL: never a range join
+        (3, None, "duckdb", None, "asof: no statistics yet"),
+        (3, shape(1000, 1000), "duckdb", None, "asof: ~33.3 rows per entity in the TTL window"),
+        (3, shape(10, 30), "duckdb", "range", "range: ~0.3 rows per entity in the TTL window, p99 ~1"),
+        (30, shape(20, 101), "duckdb", "range", "range: ~6.7 rows"),  # the Feast-shaped anchor
+        (30, shape(20, 400), "duckdb", None, "p99 ~133"),  # a skewed tail would explode the range join
+        (365, shape(5, 20), "duckdb", "range", "~5.0 rows"),  # a TTL longer than the history: all of it
+        (3, shape(10, 30, span_days=0), "duckdb", None, "~10.0 rows"),  # one instant: every row in the window
+        # the spine's size: 50 rows x ~3.3 rows per window stay small against 1,000 history rows; 100 do not
+        ((30, 50), shape(10, 30), "duckdb", "range", "50 spine rows join ~0.17x the history"),
+        ((30, 100), shape(10, 30), "duckdb", None, "100 spine rows join ~0.33x the history"),
+        ((30, 1_000), shape(10, 30), "duckdb", None, "asof: ~3.3 rows per entity in the TTL window, p99 ~10, 1,000"),
+        # known-at with a created column: the ASOF plan's running MAX makes the range join worth more rows
+        ((30, 200), shape(10, 30), "duckdb/known-at", "range", "200 spine rows join ~0.67x"),
+        (3, shape(10, 30), "postgres", "range", "range:"),  # unindexed: range vs the timeline plan
+        (3, shape(1000, 1000), "postgres", None, "timeline:"),
+        (3, shape(10, 30), "postgres/indexed", None, "lateral: the history's index"),
+        ((3, 50), shape(10, 30), "postgres/indexed", None, "lateral: the history's index"),  # few probes
+        ((3, 200), shape(10, 30), "postgres/indexed", "range", "range:"),  # one scan beats 200 probes
+        ((3, 200), shape(100, 300), "postgres/indexed", None, "lateral: ~3.3 rows"),
+    ],
+)
+def test_auto_plan_takes_the_range_join_only_for_few_rows_per_ttl_window(
+    ttl_days: int | tuple[int, int] | None, measured: ViewShape | None, dialect: str, plan: str | None, why: str
+) -> None:
+    dialect, _, variant = dialect.partition("/")
+    ttl_days, spine_rows = ttl_days if isinstance(ttl_days, tuple) else (ttl_days, None)
+    v = view(ttl=timedelta(days=ttl_days) if ttl_days else None, indexed=variant == "indexed",
+             created="created" if variant == "known-at" else None)
+    chosen, reason = auto_plan(v, measured, dialect, spine_rows, "known-at")
+    assert chosen == plan and why in reason, reason
+
+
+def test_the_range_plan_ranks_every_probe_without_the_split() -> None:
+    """The tie split (rank only probes with several rows) pays off after the ASOF fetch, where most
+    probes have one row; a range join gives most probes many, so it ranks them in one window."""
+    v = view(ttl=timedelta(days=3), value_columns=(("x", "DOUBLE"),))
+    asof = compile_([v], dialect="duckdb", plan="asof").sql("duckdb")
+    ranged = compile_([v], dialect="duckdb", plan="range").sql("duckdb")
+    assert "HAVING COUNT(*) > 1" in asof and "HAVING" not in ranged
+    assert ranged.count("ROW_NUMBER()") == 2  # the spine's numbering and the one ranking window

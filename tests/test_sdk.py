@@ -207,3 +207,71 @@ def test_online_in_another_store_right_after_a_rebuild_serves_the_new_version(pr
         assert builder.build().built
         # the new version was never materialized: nothing of the old one is served
         assert set(reader.online("customer_profile", entities, now=t)["age__status"]) == {"not_materialized"}
+
+
+def _age_spine(project: Path) -> pl.DataFrame:
+    t = data_time(project).replace(tzinfo=None)
+    return pl.DataFrame({"customer_id": list(range(1, 51)), "ts": [t] * 50})
+
+
+def test_training_sets_in_a_loop_see_a_build_by_another_process_at_once(project: Path) -> None:
+    """Training sets reuse the registry read and the compiled SQL between calls, yet a build made by
+    another process (which this process's write counter cannot see) is used by the very next call."""
+    import os
+    import subprocess
+    import sys
+
+    spine = _age_spine(project)
+    with fsql.Store(project) as store:
+        store.build()
+        before = store.training_set(features=["order_amount_usd.amount_usd"], spine=spine, timestamp="ts")
+        again = store.training_set(features=["order_amount_usd.amount_usd"], spine=spine, timestamp="ts")
+        assert again.equals(before)
+        path = project / "features" / "order_amount_usd.sql"
+        path.write_text(path.read_text().replace("AS amount_usd,", "* 2 AS usd,"))
+        root = Path(__file__).resolve().parent.parent
+        built = subprocess.run([sys.executable, "-m", "fsql.cli", "build"], cwd=project, capture_output=True,
+                               text=True, env={**os.environ, "PYTHONPATH": str(root)}, timeout=300)
+        assert built.returncode == 0, built.stdout + built.stderr
+        after = store.training_set(features=["order_amount_usd.usd"], spine=spine, timestamp="ts")
+        with pytest.raises(FsqlError, match="has no feature 'amount_usd'"):
+            store.training_set(features=["order_amount_usd.amount_usd"], spine=spine, timestamp="ts")
+    assert before["amount_usd"].null_count() < spine.height
+    assert after["usd"].to_list() == [a * 2 if a is not None else None for a in before["amount_usd"].to_list()]
+
+
+def test_compiled_sql_is_reused_only_for_the_same_request_shape(project: Path) -> None:
+    """Spines of other columns or types, other features, modes and plans each get their own SQL."""
+    spine = _age_spine(project)
+    with fsql.Store(project) as store:
+        store.build()
+        base = store.training_set(features=["customer_profile.age"], spine=spine, timestamp="ts")
+        wider = store.training_set(features=["customer_profile.age"], spine=spine.with_columns(x=pl.lit("a")),
+                                   timestamp="ts")
+        assert wider.columns == ["customer_id", "ts", "x", "age"] and wider["age"].equals(base["age"])
+        renamed = store.training_set(features=["customer_profile.age"], spine=spine.rename({"ts": "at"}),
+                                     timestamp="at")
+        assert renamed.columns == ["customer_id", "at", "age"] and renamed["age"].equals(base["age"])
+        other = store.training_set(features=["customer_profile.segment"], spine=spine, timestamp="ts")
+        assert other.columns == ["customer_id", "ts", "segment"]
+        for plan in ("asof", "range", "timeline", "lateral"):
+            forced = store.training_set(features=["customer_profile.age"], spine=spine, timestamp="ts", plan=plan)
+            assert forced.equals(base), plan
+        with pytest.raises(FsqlError, match="unknown PIT plan 'fast'"):
+            store.training_set(features=["customer_profile.age"], spine=spine, timestamp="ts", plan="fast")  # type: ignore[arg-type]
+
+
+def test_a_session_holds_the_warehouse_for_reads_and_refuses_writes(project: Path) -> None:
+    spine = _age_spine(project)
+    with fsql.Store(project) as store:
+        store.build()
+        with store.session():
+            first = store.training_set(features=["customer_profile.age"], spine=spine, timestamp="ts")
+            engine = store._ctx._engine
+            second = store.training_set(features=["customer_profile.age"], spine=spine, timestamp="ts")
+            assert store._ctx._engine is engine is not None, "the warehouse was reopened inside the session"
+            with pytest.raises(FsqlError, match="read-only session"):
+                store.build()
+        assert store._ctx._engine is None  # a DuckDB file is released when the block ends
+        assert second.equals(first)
+        assert store.build() is not None  # writes work again after the block

@@ -24,8 +24,8 @@ always pick the same row). Values compare with NULL lowest, NaN above +Infinity,
 as the output can tell, so which one is picked cannot change a result. One caveat: -0.0 and 0.0
 compare equal on every engine, so either may be returned.
 
-Plans (chosen per view from ``fsql.compiler.dialects`` capability flags, overridable with
-``plan=``). Each finds the winning event_ts first, then the row(s) at it:
+Plans (chosen per view from ``fsql.compiler.dialects`` capability flags and, for the range plan, the
+view's measured shape; overridable with ``plan=``). Each finds the winning event_ts first, then the row(s) at it:
 
 * ``asof`` (DuckDB, Snowflake): a native ASOF join on a narrow (keys, match time) relation gives
   the winning event_ts; an equi-join on (keys, event_ts) fetches the rows at that instant and the
@@ -52,8 +52,10 @@ Plans (chosen per view from ``fsql.compiler.dialects`` capability flags, overrid
   placement (``DESC`` = NULLS FIRST on PostgreSQL, what a backward scan of an ascending index
   yields; NULL event_ts never qualifies so the order is the same): sqlglot would otherwise pin
   ``DESC NULLS LAST``, which the index cannot serve.
-* ``range``: range join on keys and ``event_ts <= t`` plus ROW_NUMBER per probe point: quadratic in
-  history depth; kept for measurement.
+* ``range``: range join on keys and the candidate rules (the TTL window) plus ROW_NUMBER per probe
+  point in the tie order: its cost grows with the rows a TTL window holds, so it is chosen per view
+  only when the view's measured shape says the window holds few (``auto_plan``); there it beats the
+  ASOF plan's fixed costs (the fetch join and the tie check).
 
 Why these, measured by bench/pit.py at scale 1 (100k spine rows; "shallow" = 2M events of 100k
 customers, "deep" = 100k events of 100 customers), best of 3, PostgreSQL 15 with default settings:
@@ -98,7 +100,7 @@ from fsql.compiler.dialects import (
     value_sort_keys,
 )
 from fsql.compiler.names import Namer
-from fsql.definitions import KNOWN_AT, FeatureView, PitMode
+from fsql.definitions import KNOWN_AT, FeatureView, PitMode, ViewShape
 from fsql.errors import CompileError
 
 
@@ -165,6 +167,73 @@ def pit_view_of(
         indexed=indexed,
         naive_time=(view.column(view.timestamp) is not None and view.column(view.timestamp).dtype == "TIMESTAMP"),
     )
+
+
+# The range plan joins every candidate row in the TTL window to its spine row and ranks them: its cost
+# grows with the rows a window holds, the ASOF plan's does not. bench/pit.py --matrix on DuckDB (10k
+# spine rows, 200k events): with about one row per window the range plan takes 0.02 s against the ASOF
+# plan's 0.05 s (its fixed costs: the fetch join and the tie check), at 10 rows they are even, and at
+# 33 rows the ASOF plan is 4x faster. A skewed history (few entities with many rows) explodes the
+# range join, hence the tail bound as well.
+RANGE_MAX_WINDOW_MEAN = 8.0
+RANGE_MAX_WINDOW_P99 = 64.0
+# ...and the rows it joins against the history the ASOF plan sorts: at 100k spine rows with ~3 rows per
+# window over a 500k-row history (share 0.66) the ASOF plan was 1.7x faster, at 10k (0.07) 2-3x slower;
+# on the Feast-shaped anchor (0.33: 50k spine rows, ~6.7 rows per window, 1M rows) 1.1-1.2x faster.
+RANGE_MAX_JOIN_SHARE = 0.25
+# In known-at mode the ASOF plan also computes a running MAX over the history (the eligibility order),
+# the range join only one more condition: at share 0.66 the range join was 1.3-1.5x faster.
+RANGE_MAX_JOIN_SHARE_KNOWN_AT = 1.0
+# With an index (PostgreSQL LATERAL) each spine row costs one random index probe, the range join one scan
+# of the history: at 10k spine rows against 500k history rows LATERAL was 3x faster, at 100k the range
+# join 1.2-1.4x faster (bench/pit.py --matrix --scale 0.5). Below this spine share LATERAL is kept.
+RANGE_MIN_SPINE_SHARE_INDEXED = 0.1
+
+
+def plan_available(plan: str, dialect: str) -> bool:
+    """Whether ``dialect`` can run ``plan`` (ASOF and LATERAL need engine support)."""
+    caps = capabilities(dialect)
+    return not (plan == "asof" and caps.asof is None) and not (plan == "lateral" and not caps.lateral)
+
+
+def auto_plan(
+    view: PitView,
+    shape: ViewShape | None,
+    dialect: str,
+    spine_rows: int | None = None,
+    mode: PitMode = "known-at",
+) -> tuple[PitPlan | None, str]:
+    """The plan for ``view`` chosen from its measured shape, with the reason (for ``fsql compile``).
+
+    None keeps the dialect's default (``capabilities(dialect).pit_plan[_indexed]``). The range plan is
+    chosen only for a view with a TTL whose window holds few rows per entity, on average and at the
+    99th percentile (rows are assumed spread evenly over the history's span); a view without a TTL
+    always keeps the default, whose cost does not grow with history depth (an unbounded window would
+    grow with every load after the measurement). With ``spine_rows`` known (a DataFrame spine), the rows
+    the range join produces (spine rows x window) must also stay small against the history the ASOF
+    plan sorts; on an indexed history (LATERAL: one index probe per spine row) the spine must also be
+    large enough that one scan of the history beats the probes."""
+    caps = capabilities(dialect)
+    default = caps.pit_plan_indexed if view.indexed else caps.pit_plan
+    if view.ttl is None:
+        return None, f"{default}: no TTL"
+    if shape is None or shape.rows == 0:
+        return None, f"{default}: no statistics yet (run `fsql build` or `fsql materialize`)"
+    share = 1.0 if shape.span_seconds <= 0 else min(1.0, view.ttl.total_seconds() / shape.span_seconds)
+    mean, p99 = shape.events_mean * share, shape.events_p99 * share
+    numbers = f"~{mean:.1f} rows per entity in the TTL window, p99 ~{p99:.0f}"
+    if mean > RANGE_MAX_WINDOW_MEAN or p99 > RANGE_MAX_WINDOW_P99:
+        return None, f"{default}: {numbers}"
+    if default == "lateral" and (spine_rows is None or spine_rows < RANGE_MIN_SPINE_SHARE_INDEXED * shape.rows):
+        # one index probe per spine row reads one row: cheaper than scanning the history for few rows
+        return None, f"{default}: the history's index serves one row per spine row"
+    if spine_rows is not None:
+        joined = spine_rows * mean / shape.rows
+        numbers += f", {spine_rows:,} spine rows join ~{joined:.2f}x the history"
+        known_at = mode == "known-at" and view.created is not None
+        if joined > (RANGE_MAX_JOIN_SHARE_KNOWN_AT if known_at else RANGE_MAX_JOIN_SHARE):
+            return None, f"{default}: {numbers}"
+    return "range", f"range: {numbers}"
 
 
 def eligible_time(view: PitView, alias: str | None = None, mode: PitMode = "known-at") -> exp.Expression:
@@ -809,7 +878,9 @@ def _range_fetch(
     query = query.from_(_table(p), copy=False).join(
         _aliased(hist, h), on=exp.and_(*on, copy=False), copy=False
     )
-    _first_per(view, query, h, probe.ids, f, pc, with_timestamp=True)
+    # No split here: a range join gives most probes several rows (the whole window), so ranking them
+    # all beats materializing the join to find the few with one row (2x on the bench/pit.py anchor).
+    _first_per(view, query, h, probe.ids, f, pc, with_timestamp=True, split=False)
 
 
 def _lateral_join(
@@ -860,6 +931,7 @@ def _first_per(
     *,
     with_timestamp: bool,
     carry: list[str] | None = None,
+    split: bool = True,
 ) -> None:
     """CTE ``f`` (carried columns, features): the first row per probe in the tie order.
 
@@ -874,7 +946,7 @@ def _first_per(
     features = [
         exp.alias_(exp.column(c, h, quoted=True), out, quoted=True, copy=False) for c, out in view.features
     ]
-    if caps.split_ties and caps.materialized_cte and len(ids) == 1:
+    if split and caps.split_ties and caps.materialized_cte and len(ids) == 1:
         # carry the tie columns under generated names (a feature's output name may equal another
         # view column's name), then rank only where a probe has several rows
         order_cols = _tie_columns(view, with_timestamp)

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlglot import exp
 
-from fsql.definitions import Column, FeatureView
+from fsql.definitions import Column, FeatureView, ViewShape
 from fsql.engines.base import Engine
 
 HISTOGRAM_BINS = 20
@@ -164,3 +164,45 @@ def _percentile(value: exp.Expression, q: float, dialect: str) -> exp.Expression
     if dialect == "spark":
         return exp.Anonymous(this="PERCENTILE", expressions=[value.copy(), exp.Literal.number(q)])
     return exp.PercentileCont(this=value.copy(), expression=exp.Literal.number(q))
+
+
+def view_shape(engine: Engine, relation: exp.Expression, view: FeatureView) -> ViewShape:
+    """The shape of the history in ``relation`` (a view's rows): one GROUP BY per entity, then one row.
+
+    What the PIT plan choice reads: how many rows a TTL window holds per entity, on average and at
+    the tail. Rows with a NULL key or event time never join a spine, so they are left out."""
+    keys = [exp.column(k, quoted=True) for k in view.entity_keys]
+    ts = exp.column(view.timestamp, quoted=True)
+    present = exp.and_(*(exp.Not(this=exp.Is(this=c.copy(), expression=exp.Null())) for c in [*keys, ts]))
+    per_entity = (
+        exp.select(
+            exp.alias_(exp.Count(this=exp.Star()), "n"),
+            exp.alias_(exp.Count(this=exp.Distinct(expressions=[ts.copy()])), "d"),
+            exp.alias_(exp.Min(this=ts.copy()), "lo"),
+            exp.alias_(exp.Max(this=ts.copy()), "hi"),
+        )
+        .from_(relation.copy())
+        .where(present)
+        .group_by(*keys)
+    )
+    n = exp.column("n", "__fsql_e")
+    query = exp.select(
+        exp.alias_(exp.Sum(this=n.copy()), "rows"),
+        exp.alias_(exp.Count(this=exp.Star()), "entities"),
+        exp.alias_(exp.Avg(this=_number(n.copy(), "BIGINT")), "mean"),
+        exp.alias_(_percentile(_number(n.copy(), "BIGINT"), 0.99, engine.dialect), "p99"),
+        exp.alias_(exp.Sum(this=exp.column("d", "__fsql_e")), "distinct_times"),
+        exp.alias_(exp.Min(this=exp.column("lo", "__fsql_e")), "lo"),
+        exp.alias_(exp.Max(this=exp.column("hi", "__fsql_e")), "hi"),
+    ).from_(per_entity.subquery("__fsql_e"))
+    row = engine.arrow(query.sql(dialect=engine.dialect)).to_pylist()[0]
+    rows = int(row["rows"] or 0)
+    span = (row["hi"] - row["lo"]).total_seconds() if row["lo"] is not None and row["hi"] is not None else 0.0
+    return ViewShape(
+        rows=rows,
+        entities=int(row["entities"] or 0),
+        events_mean=float(row["mean"] or 0.0),
+        events_p99=float(row["p99"] or 0.0),
+        span_seconds=float(span),
+        tie_share=1 - int(row["distinct_times"] or 0) / rows if rows else 0.0,
+    )

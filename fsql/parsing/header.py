@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from fsql.definitions import PIT_PLAN_CHOICES
 from fsql.errors import FeatureFileError, did_you_mean
 
 KIND_KEYS = ("feature_view", "training_set")
@@ -20,6 +21,7 @@ KEYS = {
     "timestamp": "name",
     "created": "name",
     "ttl": "duration",
+    "pit_plan": "plan",
     "owner": "text",
     "tags": "list",
     "description": "text",
@@ -103,6 +105,11 @@ def _parse_value(key: str, value: str, path: str, line: int) -> object:
                 f"'@{key}' must be a plain identifier, got '{value}'", path=path, line=line, hint=_example(key)
             )
         return value
+    if grammar == "plan":
+        if value not in PIT_PLAN_CHOICES:
+            raise FeatureFileError(f"unknown PIT plan '{value}' for '@{key}'", path=path, line=line,
+                                   hint=did_you_mean(value, PIT_PLAN_CHOICES) or _example(key))
+        return value
     if grammar == "duration":
         duration = parse_duration(value)
         if duration is None or duration <= timedelta(0):
@@ -142,6 +149,7 @@ def _example(key: str) -> str:
         "timestamp": "e.g. -- @timestamp event_ts",
         "created": "e.g. -- @created loaded_at",
         "ttl": "e.g. -- @ttl 30d",
+        "pit_plan": f"one of {', '.join(PIT_PLAN_CHOICES)}, e.g. -- @pit_plan range",
         "tags": "e.g. -- @tags orders, finance",
         "features": "e.g. -- @features customer_spend.spend_30d, customer_profile.*",
         "dialect": "e.g. -- @dialect postgres",

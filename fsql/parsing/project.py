@@ -81,6 +81,11 @@ class ParsedFile:
         return value if isinstance(value, timedelta) else None
 
     @property
+    def pit_plan(self) -> str | None:
+        value = self.header.values.get("pit_plan")
+        return str(value) if value else None
+
+    @property
     def owner(self) -> str | None:
         value = self.header.values.get("owner")
         return str(value) if value else None
@@ -350,7 +355,7 @@ def _check_view(parsed: ParsedFile, config: Config) -> None:
 
 
 def _check_training_set(parsed: ParsedFile, views: dict[str, ParsedFile]) -> None:
-    for key in ("entity", "created", "ttl"):
+    for key in ("entity", "created", "ttl", "pit_plan"):
         if key in parsed.header.values:
             raise parsed.error(f"'@{key}' belongs to feature views, not training sets", key=key)
     if "timestamp" not in parsed.header.values:

@@ -3,6 +3,7 @@
 ``Registry.open(url)`` applies the Alembic migrations shipped in ``fsql/registry/migrations``.
 """
 
+from fsql.registry.cache import DEFAULT_MAX_AGE, RegistryCache
 from fsql.registry.catalog import FeatureLineage, RankedHit, Revision, StatsRecord
 from fsql.registry.registry import (
     DEFAULT_URL,
@@ -28,6 +29,8 @@ from fsql.registry.registry import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_AGE",
+    "RegistryCache",
     "FeatureLineage",
     "RankedHit",
     "Revision",

@@ -162,6 +162,8 @@ def _view_changes(change: Change, old: FeatureView, new: FeatureView) -> None:
             change.reasons.append(f"{label.replace('_', ' ')} changed")
     if old.ttl != new.ttl:
         change.reasons.append("ttl changed")
+    if old.pit_plan != new.pit_plan:
+        change.reasons.append("pit_plan changed")
     _metadata(change, old, new)
     old_docs = {c.name: c.description for c in old.columns}
     described = [c.name for c in new.columns if c.name in old_docs and old_docs[c.name] != c.description]

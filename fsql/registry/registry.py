@@ -41,6 +41,7 @@ from fsql.definitions import (
     Project,
     Source,
     TrainingSet,
+    ViewShape,
     fingerprint,
 )
 from fsql.errors import NotFoundError, RegistryError, did_you_mean, redact_url
@@ -412,7 +413,7 @@ def _create_engine(url: URL) -> Engine:
 
 # The newest migration. Checked against the migration scripts by a test, so the fast path of
 # ``Registry.open`` can compare it with the database without importing Alembic (a quarter second).
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 VERSION_TABLE = "alembic_version"
 
 
@@ -860,6 +861,22 @@ class Registry:
 
         with self._errors("read"), self._read() as conn:
             return catalog.load_stats(conn, view, version, scope)
+
+    def save_view_shape(self, view: str, version: str, shape: ViewShape) -> None:
+        """Replace the stored shape of one view version (see ``ViewShape``)."""
+        vs = t.view_shapes
+        with self._errors("write"), self._begin(write=True) as conn:
+            conn.execute(vs.delete().where(vs.c.view == view, vs.c.version == version))
+            conn.execute(vs.insert().values(view=view, version=version, computed_at=_now(), shape=to_json(shape)))
+
+    def view_shapes(self) -> dict[str, ViewShape]:
+        """The stored shape of every view's current version (views never measured are absent)."""
+        vs, fv = t.view_shapes, t.feature_views
+        query = (sa.select(vs.c.view, vs.c.shape)
+                 .join(fv, sa.and_(fv.c.name == vs.c.view, fv.c.version == vs.c.version))
+                 .where(fv.c.removed_at.is_(None)))
+        with self._errors("read"), self._read() as conn:
+            return {r.view: from_json(ViewShape, r.shape) for r in conn.execute(query)}
 
     # -- materialization -----------------------------------------------------------------------
 

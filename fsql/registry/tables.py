@@ -276,4 +276,16 @@ feature_stats = sa.Table(
     sa.CheckConstraint("scope IN ('history', 'latest')", name="scope"),
 )
 
+# The shape of one view version's history (rows, entities, events per entity, event-time span, ties),
+# measured at build and materialize; training sets choose their PIT join plan per view from it.
+view_shapes = sa.Table(
+    "view_shapes",
+    metadata,
+    sa.Column("view", NAME, primary_key=True),
+    sa.Column("version", HASH, primary_key=True),
+    sa.Column("computed_at", UTCDateTime(), nullable=False),
+    sa.Column("shape", JSONType, nullable=False),
+    sa.ForeignKeyConstraint(["view", "version"], ["view_versions.view", "view_versions.version"]),
+)
+
 ALL_TABLES: tuple[sa.Table, ...] = tuple(metadata.sorted_tables)

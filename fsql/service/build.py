@@ -143,6 +143,14 @@ def build(
     except _RollBack:
         pass
     assert result is not None
+    if result.built:
+        # After the commit (a shape belongs to a registered version). Versions already measured keep
+        # their shape unless sources were reloaded; materialize measures again as data arrives.
+        measured = ctx.registry.view_shapes()
+        for name, view in project.views.items():
+            if view.ttl is not None and (name not in measured or loaded or force):
+                say(f"measuring view {name}")
+                ctx.measure_shape(view)
     return result
 
 
@@ -310,6 +318,7 @@ class _Builder:
             timestamp=parsed.timestamp,
             created=parsed.created,
             ttl=parsed.ttl,
+            pit_plan=parsed.pit_plan,
             owner=parsed.owner,
             tags=parsed.tags,
             description=parsed.header.description,

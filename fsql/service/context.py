@@ -8,10 +8,10 @@ never opens it either.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +19,26 @@ from sqlglot import exp, parse_one
 from sqlglot.errors import SqlglotError
 
 from fsql.compiler import pit
+from fsql.compiler.dialects import PitPlan
 from fsql.compiler.known_time import derive_known_time, known_inputs
 from fsql.compiler.views import resolve_names, to_dialect, volatile_calls
 from fsql.config import Config, RedisOnline, load_config
-from fsql.definitions import KNOWN_AT, FeatureRef, FeatureView, PitMode, TrainingSet, output_names
+from fsql.definitions import (
+    KNOWN_AT,
+    FeatureRef,
+    FeatureView,
+    PitMode,
+    PlanChoice,
+    TrainingSet,
+    ViewShape,
+    output_names,
+)
 from fsql.engines import Engine, HistoryInputs, HistoryRefresh, history_name, open_engine, view_table
-from fsql.errors import NotBuiltError
+from fsql.engines.stats import view_shape
+from fsql.errors import NotBuiltError, RequestError
 from fsql.online import OnlineStore, open_online_store
 from fsql.parsing.project import ParsedFile
-from fsql.registry import Registry
+from fsql.registry import Registry, RegistryCache
 from fsql.sample import ensure_fresh
 
 RelationFor = Callable[[str], exp.Expression]
@@ -39,11 +50,21 @@ class Definitions:
 
     views: dict[str, FeatureView]
     training_sets: dict[str, TrainingSet]
+    shapes: dict[str, ViewShape] = field(default_factory=dict)  # measured shape of each view's history
 
     def require_built(self) -> Definitions:
         if not self.views:
             raise NotBuiltError("the registry holds no feature views", hint="run `fsql build` first")
         return self
+
+
+_COMPILED_ENTRIES = 64
+
+
+def _load_definitions(registry: Registry) -> Definitions:
+    snapshot = registry.snapshot()
+    return Definitions(dict(snapshot.view_definitions), dict(snapshot.training_set_definitions),
+                       registry.view_shapes())
 
 
 def open_online(config: Config) -> OnlineStore:
@@ -66,9 +87,12 @@ class Context:
         self._engine: Engine | None = None
         self._registry: Registry | None = None
         self._online: OnlineStore | None = None
-        self._definitions: tuple[float, Definitions] | None = None
+        self._definitions: RegistryCache[Definitions] | None = None
+        # compiled training-set SQL per request shape, valid for one Definitions object (see ``compiled``)
+        self._compiled: tuple[Definitions | None, OrderedDict[Hashable, str]] = (None, OrderedDict())
         self._engine_writes = False
         self._call_writes: bool | None = None  # inside a call (``warehouse``): whether it writes
+        self.spines_in_use: set[str] = set()  # names of DataFrame spines registered with the engine now
 
     @classmethod
     def open(cls, root: str | Path = ".", overrides: dict[str, dict[str, Any]] | None = None) -> Context:
@@ -99,7 +123,10 @@ class Context:
         parsing never touches it); a DuckDB file is held only until the call ends, and read-only
         when the call only reads, so a notebook's Store and a terminal's `fsql` work side by side."""
         if self._call_writes is not None:
-            yield  # a call inside a call
+            if write and not self._call_writes:
+                raise RequestError("this call writes the warehouse, which a read-only session holds open",
+                                   hint="run it outside the `with store.session():` block")
+            yield  # a call inside a call (or inside a session)
             return
         if self._engine is not None and write and not self._engine_writes:
             self.close_engine()  # a read-only connection left open cannot serve a writer
@@ -131,6 +158,7 @@ class Context:
 
     def close(self) -> None:
         self.close_engine()
+        self._definitions = None
         if self._online is not None:
             self._online.close()
         if self._registry is not None:
@@ -138,22 +166,38 @@ class Context:
         self._registry = self._online = None
 
     # Definitions as registered -----------------------------------------------------------------------
-    def definitions(self, max_age: float = 0.0) -> Definitions:
+    def definitions(self, max_age: float = 0.0, *, validate: bool = False) -> Definitions:
         """The registered definitions; ``max_age`` (seconds) lets a hot path reuse a recent read.
 
-        Reading the registry costs milliseconds, ten times a Redis round trip. A build through this
-        context invalidates the cache; a build elsewhere becomes visible within ``max_age`` seconds.
+        Reading the registry costs milliseconds, ten times a Redis round trip. A registry write by this
+        process (a build through any Store) invalidates the cache at once; a build by another process
+        becomes visible within ``max_age`` seconds, or at once with ``validate`` (one small version
+        query instead of the full read; see ``fsql.registry.RegistryCache``). The same Definitions
+        object is returned while nothing changed, so what is cached per object stays valid.
         """
-        cached = self._definitions
-        if cached is not None and max_age > 0 and time.monotonic() - cached[0] <= max_age:
-            return cached[1]
-        snapshot = self.registry.snapshot()
-        definitions = Definitions(dict(snapshot.view_definitions), dict(snapshot.training_set_definitions))
-        self._definitions = (time.monotonic(), definitions)
-        return definitions
+        if self._definitions is None:
+            self._definitions = RegistryCache(self.registry, _load_definitions)
+        return self._definitions.get(max_age, validate=validate)
 
     def invalidate(self) -> None:
-        self._definitions = None
+        if self._definitions is not None:
+            self._definitions.invalidate()
+
+    def compiled(self, definitions: Definitions, key: Hashable, compile: Callable[[], str]) -> str:
+        """``compile()``, remembered per ``key`` while ``definitions`` is the current registry read:
+        generating a training set's SQL costs more than a small set's whole query."""
+        owner, cache = self._compiled
+        if owner is not definitions:
+            cache = OrderedDict()
+            self._compiled = (definitions, cache)
+        sql = cache.get(key)
+        if sql is None:
+            sql = cache[key] = compile()
+            if len(cache) > _COMPILED_ENTRIES:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(key)
+        return sql
 
     # How names resolve on the warehouse ---------------------------------------------------------------
     @property
@@ -223,15 +267,70 @@ class Context:
         dialect: str,
         mode: PitMode,
         ordinal: str | None = None,
+        plan: PlanChoice = "auto",
+        shapes: Mapping[str, ViewShape] | None = None,
+        choices: Mapping[str, tuple[PitPlan | None, str]] | None = None,
     ) -> exp.Query:
-        """The point-in-time join of ``refs`` onto ``spine``, reading each view's history."""
+        """The point-in-time join of ``refs`` onto ``spine``, reading each view's history, with the plan
+        per view from ``plan_choices`` (``choices``: computed already). The choice and its reason per
+        view are left in the query's ``meta["pit_plans"]`` for ``fsql compile``."""
+        pit_views = self._pit_views(refs, spine_columns, views)
+        if choices is None:
+            choices = self.plan_choices(refs, spine_columns, views, dialect=dialect, mode=mode, plan=plan,
+                                        shapes=shapes)
+        plans = {name: chosen for name, (chosen, _) in choices.items() if chosen is not None}
+        query = pit.compile_pit(spine, list(spine_columns), timestamp, pit_views, dialect=dialect, mode=mode,
+                                ordinal=ordinal, plan=plans)  # type: ignore[arg-type]
+        query.meta["pit_plans"] = {name: (chosen or "default", why) for name, (chosen, why) in choices.items()}
+        return query
+
+    def plan_choices(
+        self,
+        refs: Sequence[FeatureRef],
+        spine_columns: Sequence[str],
+        views: Mapping[str, FeatureView],
+        *,
+        dialect: str,
+        mode: PitMode = "known-at",
+        plan: PlanChoice = "auto",
+        shapes: Mapping[str, ViewShape] | None = None,
+        spine_rows: int | None = None,
+    ) -> dict[str, tuple[PitPlan | None, str]]:
+        """The PIT plan per view (None: the dialect's default) and why: ``plan`` for every view, or with
+        "auto" each view's ``@pit_plan``, else the choice from its measured shape (``shapes``) and the
+        spine's size where known (see ``pit.auto_plan``)."""
+        choices: dict[str, tuple[PitPlan | None, str]] = {}
+        for pv in self._pit_views(refs, spine_columns, views):
+            annotated = views[pv.name].pit_plan
+            if plan != "auto":
+                choices[pv.name] = (plan, f"{plan}: requested for this call")
+            elif annotated and annotated != "auto" and pit.plan_available(annotated, dialect):
+                choices[pv.name] = (annotated, f"{annotated}: @pit_plan of the view")  # type: ignore[assignment]
+            else:
+                # a view's file is compiled for every engine: a plan one of them lacks falls back to auto
+                chosen, why = pit.auto_plan(pv, (shapes or {}).get(pv.name), dialect, spine_rows, mode)
+                if annotated and annotated != "auto":
+                    why += f" (@pit_plan {annotated} is not available on {dialect})"
+                choices[pv.name] = (chosen, why)
+        return choices
+
+    def _pit_views(self, refs: Sequence[FeatureRef], spine_columns: Sequence[str],
+                   views: Mapping[str, FeatureView]) -> list[pit.PitView]:
         outputs = output_names(refs, spine_columns)
         by_view: dict[str, list[tuple[str, str]]] = {}
         for ref in refs:
             by_view.setdefault(ref.view, []).append((ref.feature, outputs[ref]))
-        pit_views = [self.pit_view(views[name], features, history=True) for name, features in by_view.items()]
-        return pit.compile_pit(spine, list(spine_columns), timestamp, pit_views, dialect=dialect, mode=mode,
-                               ordinal=ordinal)
+        return [self.pit_view(views[name], features, history=True) for name, features in by_view.items()]
+
+    def measure_shape(self, view: FeatureView) -> ViewShape | None:
+        """Measure and store the shape of ``view``'s history, from which training sets choose its PIT
+        plan. Only a view with a TTL has a choice (see ``pit.auto_plan``): others are not scanned."""
+        if view.ttl is None:
+            return None
+        relation = self.pit_view(view, history=True).relation
+        shape = view_shape(self.engine, relation, view)
+        self.registry.save_view_shape(view.name, view.version, shape)
+        return shape
 
     def refresh_history(self, view: FeatureView, *, recreate: bool = False, full: bool = False,
                         views: Mapping[str, FeatureView] | None = None) -> HistoryRefresh | None:

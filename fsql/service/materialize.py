@@ -197,6 +197,9 @@ def _materialize_view(ctx: Context, view: FeatureView, *, full: bool, start: dat
             relation = stats_relation(ctx.pit_view(view, relation=table), table, "latest", end, dialect=engine.dialect)
             stats = feature_stats(engine, relation, view)
         registry.save_stats(view.name, view.version, "latest", end, stats)
+        if not served:
+            # New rows change the history's shape, from which training sets choose the view's PIT plan.
+            ctx.measure_shape(view)
     return RunResult(view.name, view.version, window_start, end, rows, duration, outcome)
 
 

@@ -7,12 +7,13 @@ named by a source, or given as SQL; it is never uploaded row by row.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import sqlglot
 from sqlglot import exp
@@ -23,8 +24,10 @@ from fsql.config import SUPPORTED_DIALECTS
 from fsql.definitions import (
     FeatureRef,
     PitMode,
+    PlanChoice,
     TrainingSet,
     check_pit_mode,
+    check_plan,
     expand_refs,
     parse_ref,
 )
@@ -42,10 +45,12 @@ from fsql.parsing.project import parse_project, table_references
 from fsql.service.context import Context
 
 ORDINAL = "__fsql_row"
+SPINE_TABLE = "__fsql_spine"
 Spine = Any  # a polars/pandas DataFrame, an Arrow table, a source or view name, or a SQL query
 
 
-def compile_sql(ctx: Context, name: str, dialect: str, *, pretty: bool = True, mode: PitMode = "known-at") -> str:
+def compile_sql(ctx: Context, name: str, dialect: str, *, pretty: bool = True, mode: PitMode = "known-at",
+                plan: PlanChoice | None = None) -> str:
     """The exact SQL of a view or training set for ``dialect``, as the files define it now."""
     if dialect not in SUPPORTED_DIALECTS:
         raise RequestError(f"unsupported dialect '{dialect}'",
@@ -71,7 +76,12 @@ def compile_sql(ctx: Context, name: str, dialect: str, *, pretty: bool = True, m
         return set_file.error(message, key="features", hint=hint)
 
     refs = expand_refs(set_file.feature_refs, views, fail)
-    query = ctx.pit_query(spine, names, set_file.timestamp, refs, views, dialect=dialect, mode=mode)
+    query = ctx.pit_query(spine, names, set_file.timestamp, refs, views, dialect=dialect, mode=mode,
+                          plan=check_plan(plan), shapes=definitions.shapes)
+    # The plan per view is data-dependent: say which one and why, first thing in the printed SQL (on
+    # the WITH clause, which sqlglot prints before everything else; the text still parses back).
+    notes = [f" PIT plan for {name}: {why} " for name, (_, why) in query.meta["pit_plans"].items()]
+    (query.args.get("with_") or query).add_comments(notes)
     return to_dialect(query, dialect, dialect, pretty=pretty, path=set_file.path, line=set_file.line,
                       rewrite_asof=False)
 
@@ -84,9 +94,11 @@ def training_set(
     spine: Spine = None,
     timestamp: str | None = None,
     mode: PitMode | None = None,
+    plan: PlanChoice | None = None,
 ) -> pa.Table:
     """A point-in-time correct training set: the spine's rows in order, then one column per feature."""
-    with _training_query(ctx, name, features=features, spine=spine, timestamp=timestamp, mode=mode) as sql:
+    with _training_query(ctx, name, features=features, spine=spine, timestamp=timestamp, mode=mode,
+                         plan=plan) as sql:
         return ctx.engine.arrow(sql)
 
 
@@ -108,6 +120,7 @@ def write_training_set(
     spine: Spine = None,
     timestamp: str | None = None,
     mode: PitMode | None = None,
+    plan: PlanChoice | None = None,
 ) -> WrittenSet:
     """The training set written as Parquet files into ``directory`` by the engine itself (Spark's
     writers, DuckDB's COPY, streamed batches on PostgreSQL): the client never holds the whole set.
@@ -118,7 +131,8 @@ def write_training_set(
     if directory.is_dir():
         for old in directory.glob("*.parquet"):
             old.unlink()
-    with _training_query(ctx, name, features=features, spine=spine, timestamp=timestamp, mode=mode) as sql:
+    with _training_query(ctx, name, features=features, spine=spine, timestamp=timestamp, mode=mode,
+                         plan=plan) as sql:
         rows = ctx.engine.write_parquet(sql, directory)
     return WrittenSet(directory, rows, len(list(directory.glob("*.parquet"))))
 
@@ -132,10 +146,13 @@ def _training_query(
     spine: Spine,
     timestamp: str | None,
     mode: PitMode | None,
+    plan: PlanChoice | None,
 ) -> Iterator[str]:
     """The training set's SQL in the engine's dialect, valid while the context is open (a DataFrame
     spine stays registered with the engine until then)."""
-    definitions = ctx.definitions().require_built()
+    # A notebook calls this in a loop: the registry read is reused while the registry's version says
+    # nothing changed (a build anywhere is seen at once), and so is the SQL compiled for the same request.
+    definitions = ctx.definitions(validate=True).require_built()
     views, sets = definitions.views, definitions.training_sets
     definition = None
     if name is not None:
@@ -152,8 +169,9 @@ def _training_query(
     if ts is None:
         raise RequestError("the spine's timestamp column is unknown", hint="pass timestamp='label_ts'")
     mode = check_pit_mode(mode or "known-at")
+    plan = check_plan(plan)
     engine = ctx.engine
-    with _spine(ctx, spine, definition) as (relation, columns, ordinal):
+    with _spine(ctx, spine, definition) as (relation, columns, ordinal, shape, rows):
         if ts not in columns:
             raise RequestError(f"the spine has no column '{ts}'",
                                hint=did_you_mean(ts, columns) or f"its columns are {', '.join(columns)}")
@@ -162,8 +180,21 @@ def _training_query(
                 if key not in columns:
                     raise RequestError(f"the spine has no column '{key}', the entity key of '{ref.view}'",
                                        hint=f"add {key} to the spine")
-        query = ctx.pit_query(relation, columns, ts, refs, views, dialect=engine.dialect, mode=mode, ordinal=ordinal)
-        yield generate(query, engine.dialect)
+
+        # the plans first (cheap): they depend on the spine's size, which the cached SQL must not
+        choices = ctx.plan_choices(refs, columns, views, dialect=engine.dialect, mode=mode, plan=plan,
+                                   shapes=definitions.shapes, spine_rows=rows)
+
+        def compile() -> str:
+            query = ctx.pit_query(relation, columns, ts, refs, views, dialect=engine.dialect, mode=mode,
+                                  ordinal=ordinal, choices=choices)
+            return generate(query, engine.dialect)
+
+        if shape is None:
+            yield compile()
+        else:
+            key = (shape, ts, tuple(refs), mode, tuple((n, c) for n, (c, _) in choices.items()), engine.dialect)
+            yield ctx.compiled(definitions, key, compile)
 
 
 def query(ctx: Context, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
@@ -192,8 +223,10 @@ def query(ctx: Context, sql: str, params: Sequence[Any] | None = None) -> pa.Tab
 
 @contextmanager
 def _spine(ctx: Context, spine: Spine, definition: TrainingSet | None
-           ) -> Iterator[tuple[exp.Expression, list[str], str | None]]:
-    """The spine as a relation the engine can join: registered data, a source, or a SQL query."""
+           ) -> Iterator[tuple[exp.Expression, list[str], str | None, Hashable | None, int | None]]:
+    """The spine as a relation the engine can join: registered data, a source, or a SQL query; and,
+    for registered data, its shape (name and column types: what the compiled SQL depends on) and
+    its row count (what the plan choice weighs)."""
     engine = ctx.engine
     if spine is None:
         if definition is None:
@@ -203,22 +236,29 @@ def _spine(ctx: Context, spine: Spine, definition: TrainingSet | None
         resolved = resolve_names(registered, set(definition.depends_on), ctx.relation_for(engine.dialect))  # type: ignore[arg-type]
         sql = to_dialect(resolved, definition.dialect, engine.dialect, path=definition.path, line=definition.line)
         yield (exp.Subquery(this=sqlglot.parse_one(sql, read=engine.dialect)),
-               [c.name for c in definition.spine_columns], None)
+               [c.name for c in definition.spine_columns], None, None, None)
         return
     if isinstance(spine, str):
-        yield _named_or_sql_spine(ctx, spine)
+        yield (*_named_or_sql_spine(ctx, spine), None, None)
         return
     table = to_arrow(spine)
     if ORDINAL in table.column_names:
         raise RequestError(f"the spine may not have a column named {ORDINAL}")
     columns = table.column_names
-    table = table.append_column(ORDINAL, pa.array(range(table.num_rows), pa.int64()))
-    name = f"__fsql_spine_{uuid.uuid4().hex[:12]}"
-    relation = engine.register(name, table)
+    # Arrow and polars columns are registered in place (no copy); the ordinal is one numpy range.
+    table = table.append_column(ORDINAL, pa.array(np.arange(table.num_rows, dtype=np.int64)))
+    # One name per call shape, so the compiled SQL can be reused; a nested call gets a fresh name.
+    name = SPINE_TABLE if SPINE_TABLE not in ctx.spines_in_use else f"{SPINE_TABLE}_{uuid.uuid4().hex[:12]}"
+    shape = (name, tuple((f.name, str(f.type)) for f in table.schema)) if name == SPINE_TABLE else None
+    ctx.spines_in_use.add(name)
     try:
-        yield relation, [*columns, ORDINAL], ORDINAL
+        relation = engine.register(name, table)
+        try:
+            yield relation, [*columns, ORDINAL], ORDINAL, shape, table.num_rows
+        finally:
+            engine.unregister(name)
     finally:
-        engine.unregister(name)
+        ctx.spines_in_use.discard(name)
 
 
 def _named_or_sql_spine(ctx: Context, spine: str) -> tuple[exp.Expression, list[str], None]:

@@ -10,7 +10,6 @@ entity); ``not_materialized`` (this view version was never materialized: run `fs
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -32,7 +31,7 @@ from fsql.definitions import (
 from fsql.errors import NotFoundError, RequestError, did_you_mean
 from fsql.online import OnlineStore, OnlineTable
 from fsql.online.base import online_table_of
-from fsql.registry import Registry
+from fsql.registry import DEFAULT_MAX_AGE, Registry, RegistryCache
 
 PRESENT, MISSING, STALE, NOT_MATERIALIZED = "present", "missing", "stale", "not_materialized"
 STATUS_SUFFIX = "__status"
@@ -160,34 +159,30 @@ class OnlineResult:
 class FeatureReader:
     """Online values for entities, as the offline PIT join would give them for "now"."""
 
-    def __init__(self, registry: Registry, store: OnlineStore, *, max_age: float = 2.0) -> None:
+    def __init__(self, registry: Registry, store: OnlineStore, *, max_age: float = DEFAULT_MAX_AGE) -> None:
         self.registry = registry
         self.store = store
         # How stale the serving plan may be (seconds): a build elsewhere is seen within this time.
-        self.max_age = max_age
-        self._plan: tuple[float, int, ServingPlan] | None = None  # (loaded at, local writes then, plan)
+        self._plan = RegistryCache(registry, ServingPlan.load, max_age=max_age)
+
+    @property
+    def max_age(self) -> float:
+        return self._plan.max_age
 
     def plan(self) -> ServingPlan:
-        cached = self._plan
-        writes = self.registry.local_writes()
-        if cached is not None and cached[1] == writes and time.monotonic() - cached[0] <= self.max_age:
-            return cached[2]
-        plan = ServingPlan.load(self.registry)
+        plan = self._plan.get()
         if not plan.views:
+            self._plan.invalidate()  # read again next time: a build may come at any moment
             raise NotFoundError("the registry holds no feature views", hint="run `fsql build` first")
-        self._plan = (time.monotonic(), writes, plan)
         return plan
 
     def invalidate(self) -> None:
-        self._plan = None
+        self._plan.invalidate()
 
     def reload(self) -> ServingPlan:
         """Load the plan now and serve from it. A server calls this off the request path (at start, on
         SIGHUP, when the registry version moves); a read in flight keeps the plan it started with."""
-        writes = self.registry.local_writes()
-        plan = ServingPlan.load(self.registry)
-        self._plan = (time.monotonic(), writes, plan)
-        return plan
+        return self._plan.reload()
 
     def read(
         self,
