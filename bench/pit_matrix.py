@@ -183,8 +183,12 @@ class DuckHand:
     def __init__(self, path: Path) -> None:
         import duckdb
 
+        from fsql.engines.duckdb import ROOT_VARIABLE
+
         self.con = duckdb.connect(str(path), read_only=True)
         self.con.execute("SET TimeZone = 'UTC'")
+        # the views read their source relative to the project folder, which each connection names
+        self.con.execute(f"SET VARIABLE {ROOT_VARIABLE} = ?", [str(path.parent.parent)])
 
     def relation(self, view: str) -> str:
         return f'fsql."{view}"'

@@ -17,7 +17,6 @@ from fsql.errors import FsqlError
 from tests.example_reference import data_time
 from tests.projects import example_project
 
-TTL_VIEWS = {"customer_spend", "customer_value", "customer_merchant_stats", "order_amount_usd"}
 
 
 @pytest.fixture
@@ -27,7 +26,8 @@ def project(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def expected_shape(store: fsql.Store, view: str) -> dict[str, float]:
     """The shape computed in polars from the view's rows."""
-    rows = store.query(f"SELECT customer_id, event_ts FROM {view}").drop_nulls()
+    ts = store._ctx.definitions().views[view].timestamp
+    rows = store.query(f"SELECT customer_id, {ts} AS event_ts FROM {view}").drop_nulls()
     per = rows.group_by("customer_id").agg(pl.len().alias("n"), pl.col("event_ts").n_unique().alias("d"))
     return {
         "rows": rows.height,
@@ -39,12 +39,12 @@ def expected_shape(store: fsql.Store, view: str) -> dict[str, float]:
     }
 
 
-def test_build_measures_views_with_a_ttl_and_compile_names_each_plan(project: Path) -> None:
+def test_build_measures_every_view_and_compile_names_each_plan(project: Path) -> None:
     with fsql.Store(project) as store:
         store.build()
         shapes = store._ctx.registry.view_shapes()
-        assert set(shapes) == TTL_VIEWS  # a view without a TTL always keeps the default plan: not scanned
-        for name in ("customer_spend", "order_amount_usd"):
+        assert set(shapes) == set(store._ctx.definitions().views)  # with or without a TTL
+        for name in ("customer_spend", "order_amount_usd", "customer_profile"):
             measured, want = shapes[name], expected_shape(store, name)
             for field, value in want.items():
                 assert getattr(measured, field) == pytest.approx(value, rel=1e-9), (name, field)
@@ -52,7 +52,11 @@ def test_build_measures_views_with_a_ttl_and_compile_names_each_plan(project: Pa
     notes = [line for line in sql.splitlines() if line.startswith("/* PIT plan for ")]
     assert notes[0].startswith("/* PIT plan for customer_spend: range: ~") or \
         notes[0].startswith("/* PIT plan for customer_spend: asof: ~"), notes
-    assert "/* PIT plan for customer_profile: asof: no TTL */" in notes
+    # a few profile versions per customer: without a TTL the range join takes the whole short history
+    profile = shapes["customer_profile"]
+    assert profile.events_mean < 4 and profile.events_p99 < 8
+    want = f"range: no TTL, ~{profile.events_mean:.1f} rows per entity, p99 ~{profile.events_p99:.0f}"
+    assert f"/* PIT plan for customer_profile: {want} */" in notes, notes
     assert len(notes) == 3  # customer_spend, customer_value, customer_profile
 
 
@@ -83,8 +87,8 @@ def test_a_view_annotation_and_a_call_override_the_choice_with_the_same_rows(pro
         assert change.action == "updated" and "pit_plan changed" in change.reasons
         assert "/* PIT plan for customer_profile: asof: @pit_plan of the view" in store.compile("churn")
         # the same file compiled for an engine without ASOF joins falls back to the automatic choice
-        assert ("/* PIT plan for customer_profile: timeline: no TTL (@pit_plan asof is not available on postgres)"
-                in store.compile("churn", "postgres"))
+        assert ("/* PIT plan for customer_profile: range: no TTL, ~1.7 rows per entity, p99 ~3 "
+                "(@pit_plan asof is not available on postgres)" in store.compile("churn", "postgres"))
 
 
 def test_bad_plans_are_refused_where_they_are_written(project: Path) -> None:

@@ -353,6 +353,41 @@ def test_pit_postgres_matches_reference(pg_con: Any, mode: str) -> None:
     check()
 
 
+def without_ttl(sc: Scenario) -> Scenario:
+    """The same scenario with no view bounded by a TTL."""
+    views = [
+        ViewCase(v.table, dataclasses.replace(v.ref, ttl=None), dataclasses.replace(v.pit, ttl=None))
+        for v in sc.views
+    ]
+    return dataclasses.replace(sc, views=views)
+
+
+# The range plan has no lower bound on a view without a TTL ("auto" picks it for shallow histories):
+# every view of these scenarios runs it, alone and mixed with the engine's other plans.
+NO_TTL_PLANS = {
+    "duckdb": [("duckdb", "range"), ("duckdb", "mixed:range/asof"), ("duckdb/no-split", "range")],
+    "postgres": [("postgres", "range"), ("postgres", "mixed:range/lateral"), ("postgres", "mixed:timeline/range")],
+}
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "postgres"])
+@pytest.mark.parametrize("mode", ["known-at", "event-time"])
+def test_range_plan_without_ttl_matches_reference(request: pytest.FixtureRequest, engine: str, mode: str) -> None:
+    con = request.getfixturevalue("duck_con" if engine == "duckdb" else "pg_con")
+
+    @settings(PROFILE, max_examples=EXAMPLES // 2)
+    @given(sc=scenarios().map(without_ttl))
+    def check(sc: Scenario) -> None:
+        load(con, engine, sc)
+        want = expected(sc, mode)
+        for dialect, plan in NO_TTL_PLANS[engine]:
+            sql = compiled(sc, dialect, mode, plan, engine)
+            problem = rows_mismatch(want, run(con, engine, sql))
+            assert problem is None, f"{engine} running the {dialect}/{plan} plan without TTL ({mode}): {problem}\n{sql}"
+
+    check()
+
+
 # --- latest_per_entity vs reference at t = as_of -------------------------------------------------
 
 

@@ -418,7 +418,17 @@ def shape(mean: float, p99: float, span_days: float = 90, rows: int = 1_000) -> 
 @pytest.mark.parametrize(
     ("ttl_days", "measured", "dialect", "plan", "why"),
     [
-        (None, shape(1, 1), "duckdb", None, "asof: no TTL"),  # no TTL: never a range join
+        # no TTL: the window is the entity's whole history before t, bounded by its rows per entity
+        (None, None, "duckdb", None, "asof: no statistics yet"),
+        (None, shape(1, 1), "duckdb", "range", "range: no TTL, ~1.0 rows per entity, p99 ~1"),
+        (None, shape(10, 12), "duckdb", "range", "range: no TTL, ~10.0 rows"),
+        (None, shape(20, 30), "duckdb", None, "asof: no TTL, ~20.0 rows per entity"),  # deeper: ASOF
+        (None, shape(5, 100), "duckdb", None, "asof: no TTL, ~5.0 rows per entity, p99 ~100"),  # skewed tail
+        ((None, 50), shape(10, 12), "duckdb", "range", "50 spine rows join ~0.50x the history"),
+        ((None, 60), shape(10, 12), "duckdb", None, "60 spine rows join ~0.60x the history"),
+        ((None, 100), shape(10, 12), "duckdb/known-at", "range", "100 spine rows join ~1.00x"),
+        ((None, 500), shape(10, 12), "duckdb/known-at", None, "500 spine rows join ~5.00x"),
+        ((None, 50), shape(1, 1), "postgres/indexed", None, "lateral: the history's index"),
         (3, None, "duckdb", None, "asof: no statistics yet"),
         (3, shape(1000, 1000), "duckdb", None, "asof: ~33.3 rows per entity in the TTL window"),
         (3, shape(10, 30), "duckdb", "range", "range: ~0.3 rows per entity in the TTL window, p99 ~1"),
@@ -441,7 +451,7 @@ def shape(mean: float, p99: float, span_days: float = 90, rows: int = 1_000) -> 
     ],
 )
 def test_auto_plan_takes_the_range_join_only_for_few_rows_per_ttl_window(
-    ttl_days: int | tuple[int, int] | None, measured: ViewShape | None, dialect: str, plan: str | None, why: str
+    ttl_days: int | tuple[int | None, int] | None, measured: ViewShape | None, dialect: str, plan: str | None, why: str
 ) -> None:
     dialect, _, variant = dialect.partition("/")
     ttl_days, spine_rows = ttl_days if isinstance(ttl_days, tuple) else (ttl_days, None)

@@ -184,6 +184,15 @@ RANGE_MAX_JOIN_SHARE = 0.25
 # In known-at mode the ASOF plan also computes a running MAX over the history (the eligibility order),
 # the range join only one more condition: at share 0.66 the range join was 1.3-1.5x faster.
 RANGE_MAX_JOIN_SHARE_KNOWN_AT = 1.0
+# Without a TTL the range join takes the entity's whole history before t, which the shape bounds by the
+# rows per entity (the spine's times see part of it: about two thirds in the matrix, whose spines cover
+# the later two thirds of the history). bench/pit.py --matrix --quick on DuckDB, 200k events: at 10 rows
+# per entity and 10k spine rows (share 0.5) the range plan was 1.2x faster than the ASOF plan in
+# event-time mode and 2.2x in known-at, at 100k spine rows (share 5) 2.5x and 1.9x slower; at one row
+# per entity and 100k spine rows (share 0.5) 2x and 2.9x faster. The p99 bound is the TTL case's. A
+# history that grows deeper is measured again by the materialization that loads it.
+RANGE_MAX_HISTORY_MEAN = 12.0
+RANGE_MAX_JOIN_SHARE_NO_TTL = 0.5
 # With an index (PostgreSQL LATERAL) each spine row costs one random index probe, the range join one scan
 # of the history: at 10k spine rows against 500k history rows LATERAL was 3x faster, at 100k the range
 # join 1.2-1.4x faster (bench/pit.py --matrix --scale 0.5). Below this spine share LATERAL is kept.
@@ -215,15 +224,20 @@ def auto_plan(
     large enough that one scan of the history beats the probes."""
     caps = capabilities(dialect)
     default = caps.pit_plan_indexed if view.indexed else caps.pit_plan
-    if view.ttl is None:
-        return None, f"{default}: no TTL"
     if shape is None or shape.rows == 0:
         return None, f"{default}: no statistics yet (run `fsql build` or `fsql materialize`)"
-    share = 1.0 if shape.span_seconds <= 0 else min(1.0, view.ttl.total_seconds() / shape.span_seconds)
-    mean, p99 = shape.events_mean * share, shape.events_p99 * share
-    numbers = f"~{mean:.1f} rows per entity in the TTL window, p99 ~{p99:.0f}"
-    if mean > RANGE_MAX_WINDOW_MEAN or p99 > RANGE_MAX_WINDOW_P99:
-        return None, f"{default}: {numbers}"
+    if view.ttl is None:
+        # the window is the entity's whole history before t: at most all of it
+        mean, p99 = shape.events_mean, shape.events_p99
+        numbers = f"no TTL, ~{mean:.1f} rows per entity, p99 ~{p99:.0f}"
+        if mean > RANGE_MAX_HISTORY_MEAN or p99 > RANGE_MAX_WINDOW_P99:
+            return None, f"{default}: {numbers}"
+    else:
+        share = 1.0 if shape.span_seconds <= 0 else min(1.0, view.ttl.total_seconds() / shape.span_seconds)
+        mean, p99 = shape.events_mean * share, shape.events_p99 * share
+        numbers = f"~{mean:.1f} rows per entity in the TTL window, p99 ~{p99:.0f}"
+        if mean > RANGE_MAX_WINDOW_MEAN or p99 > RANGE_MAX_WINDOW_P99:
+            return None, f"{default}: {numbers}"
     if default == "lateral" and (spine_rows is None or spine_rows < RANGE_MIN_SPINE_SHARE_INDEXED * shape.rows):
         # one index probe per spine row reads one row: cheaper than scanning the history for few rows
         return None, f"{default}: the history's index serves one row per spine row"
@@ -231,7 +245,8 @@ def auto_plan(
         joined = spine_rows * mean / shape.rows
         numbers += f", {spine_rows:,} spine rows join ~{joined:.2f}x the history"
         known_at = mode == "known-at" and view.created is not None
-        if joined > (RANGE_MAX_JOIN_SHARE_KNOWN_AT if known_at else RANGE_MAX_JOIN_SHARE):
+        limit = RANGE_MAX_JOIN_SHARE if view.ttl is not None else RANGE_MAX_JOIN_SHARE_NO_TTL
+        if joined > (RANGE_MAX_JOIN_SHARE_KNOWN_AT if known_at else limit):
             return None, f"{default}: {numbers}"
     return "range", f"range: {numbers}"
 

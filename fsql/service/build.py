@@ -148,7 +148,7 @@ def build(
         # their shape unless sources were reloaded; materialize measures again as data arrives.
         measured = ctx.registry.view_shapes()
         for name, view in project.views.items():
-            if view.ttl is not None and (name not in measured or loaded or force):
+            if name not in measured or loaded or force:
                 say(f"measuring view {name}")
                 ctx.measure_shape(view)
     return result

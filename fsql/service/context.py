@@ -322,11 +322,9 @@ class Context:
             by_view.setdefault(ref.view, []).append((ref.feature, outputs[ref]))
         return [self.pit_view(views[name], features, history=True) for name, features in by_view.items()]
 
-    def measure_shape(self, view: FeatureView) -> ViewShape | None:
-        """Measure and store the shape of ``view``'s history, from which training sets choose its PIT
-        plan. Only a view with a TTL has a choice (see ``pit.auto_plan``): others are not scanned."""
-        if view.ttl is None:
-            return None
+    def measure_shape(self, view: FeatureView) -> ViewShape:
+        """Measure and store the shape of ``view``'s history (one GROUP BY per entity), from which
+        training sets choose its PIT plan (see ``pit.auto_plan``)."""
         relation = self.pit_view(view, history=True).relation
         shape = view_shape(self.engine, relation, view)
         self.registry.save_view_shape(view.name, view.version, shape)
