@@ -52,10 +52,11 @@ view's measured shape; overridable with ``plan=``). Each finds the winning event
   placement (``DESC`` = NULLS FIRST on PostgreSQL, what a backward scan of an ascending index
   yields; NULL event_ts never qualifies so the order is the same): sqlglot would otherwise pin
   ``DESC NULLS LAST``, which the index cannot serve.
-* ``range``: range join on keys and the candidate rules (the TTL window) plus ROW_NUMBER per probe
-  point in the tie order: its cost grows with the rows a TTL window holds, so it is chosen per view
-  only when the view's measured shape says the window holds few (``auto_plan``); there it beats the
-  ASOF plan's fixed costs (the fetch join and the tie check).
+* ``range``: range join on keys and the candidate rules (the TTL window; without a TTL, no lower
+  bound) plus ROW_NUMBER per probe point in the tie order: its cost grows with the rows a window
+  holds, so it is chosen per view only when the view's measured shape says the window (or, without a
+  TTL, the entity's history) holds few (``auto_plan``); there it beats the ASOF plan's fixed costs
+  (the fetch join and the tie check).
 
 Why these, measured by bench/pit.py at scale 1 (100k spine rows; "shallow" = 2M events of 100k
 customers, "deep" = 100k events of 100 customers), best of 3, PostgreSQL 15 with default settings:
@@ -214,14 +215,16 @@ def auto_plan(
 ) -> tuple[PitPlan | None, str]:
     """The plan for ``view`` chosen from its measured shape, with the reason (for ``fsql compile``).
 
-    None keeps the dialect's default (``capabilities(dialect).pit_plan[_indexed]``). The range plan is
-    chosen only for a view with a TTL whose window holds few rows per entity, on average and at the
-    99th percentile (rows are assumed spread evenly over the history's span); a view without a TTL
-    always keeps the default, whose cost does not grow with history depth (an unbounded window would
-    grow with every load after the measurement). With ``spine_rows`` known (a DataFrame spine), the rows
-    the range join produces (spine rows x window) must also stay small against the history the ASOF
-    plan sorts; on an indexed history (LATERAL: one index probe per spine row) the spine must also be
-    large enough that one scan of the history beats the probes."""
+    None keeps the dialect's default (``capabilities(dialect).pit_plan[_indexed]``), and so does a view
+    not measured yet. The range plan is chosen only when the rows a spine row can match are few, on
+    average and at the 99th percentile: for a view with a TTL the rows its window holds per entity
+    (rows are assumed spread evenly over the history's span), for a view without one the entity's whole
+    history (an upper bound of the rows before t; its own, lower, mean limit). The range join's cost
+    grows with those rows, the default plans' does not; materialize measures again as rows arrive, so a
+    history that grows deep goes back to the default. With ``spine_rows`` known (a DataFrame spine), the
+    rows the range join produces (spine rows x window) must also stay small against the history the
+    ASOF plan sorts; on an indexed history (LATERAL: one index probe per spine row) the spine must also
+    be large enough that one scan of the history beats the probes."""
     caps = capabilities(dialect)
     default = caps.pit_plan_indexed if view.indexed else caps.pit_plan
     if shape is None or shape.rows == 0:
