@@ -18,7 +18,6 @@ from tests.example_reference import data_time
 from tests.projects import example_project
 
 
-
 @pytest.fixture
 def project(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return example_project(tmp_path / "proj", tmp_path_factory.getbasetemp())
