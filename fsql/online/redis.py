@@ -38,7 +38,7 @@ from typing import Any
 
 import pyarrow as pa
 import redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from fsql.config import DEFAULT_REDIS_URL
 from fsql.errors import OnlineStoreError, redact_url
@@ -193,29 +193,16 @@ class RedisOnlineStore:
     ) -> list[int]:
         """One pipelined round trip of upsert calls; per call, rows written or -1 (stale state)."""
         expected = b"" if state is None else state
-        results: list[Any] = [None] * len(calls)
-        todo = list(range(len(calls)))
-        for attempt in range(2):
-            pipe = self.client.pipeline(transaction=False)
-            for index in todo:
-                lo, hi = calls[index]
-                keys = [state_key, *(ns + seg + text for seg in targets for text in texts[lo:hi])]
-                pipe.execute_command(
-                    "EVALSHA", self._sha, len(keys), *keys, expected, ttl, len(targets), *values[lo:hi]
-                )
-            for index, result in zip(todo, pipe.execute(raise_on_error=False), strict=True):
-                results[index] = result
-            errors = [r for r in results if isinstance(r, Exception)]
-            if not errors:
-                return results
-            if attempt == 0 and all(isinstance(e, NoScriptError) for e in errors):
-                # The server lost its script cache (restart, SCRIPT FLUSH): reload it and re-send the
-                # calls that did not run.
-                self._sha = self.client.script_load(scripts.UPSERT)
-                todo = [i for i, r in enumerate(results) if isinstance(r, Exception)]
-                continue
-            raise errors[0]
-        raise AssertionError("unreachable")
+
+        def queue(pipe: Any, index: int, sha: str) -> None:
+            lo, hi = calls[index]
+            keys = [state_key, *(ns + seg + text for seg in targets for text in texts[lo:hi])]
+            pipe.execute_command("EVALSHA", sha, len(keys), *keys, expected, ttl, len(targets), *values[lo:hi])
+
+        results, self._sha = scripts.pipelined_upserts(
+            lambda: self.client.pipeline(transaction=False), queue, len(calls), self._sha,
+            lambda: self.client.script_load(scripts.UPSERT))
+        return results
 
     # --- reads ---------------------------------------------------------------------------------------
 

@@ -56,7 +56,7 @@ from typing import Any
 
 import pyarrow as pa
 from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from fsql.config import DEFAULT_REDIS_URL
 from fsql.errors import OnlineStoreError, redact_url
@@ -339,36 +339,26 @@ class RedisClusterOnlineStore:
     ) -> list[int]:
         """One cluster pipeline of upsert calls (to every master at once); per call, rows written
         or -1 (the bucket's state changed since it was read)."""
-        results: list[Any] = [None] * len(calls)
-        todo = list(range(len(calls)))
-        for attempt in range(2):
-            pipe = self.client.pipeline()
-            for index in todo:
-                b, lo, hi = calls[index]
-                ns, state_key = spaces[b], spaces[b][:-1]
-                state = self._states.get(state_key)
-                if generation is None:
-                    targets = [_segment(g) for g in _State.parse(state).targets()]
-                elif _State.parse(state).find(generation) is None:
-                    raise not_building(table, generation)
-                else:
-                    targets = [_segment(generation)]
-                texts, values = per_bucket[b]
-                keys = [state_key, *(ns + seg + text for seg in targets for text in texts[lo:hi])]
-                pipe.execute_command("EVALSHA", self._sha, len(keys), *keys, state or b"", ttl, len(targets),
-                                     *values[lo:hi], target_nodes=self._node(state_key))
-            for index, result in zip(todo, pipe.execute(raise_on_error=False), strict=True):
-                results[index] = result
-            errors = [r for r in results if isinstance(r, Exception)]
-            if not errors:
-                return results
-            if attempt == 0 and all(isinstance(e, NoScriptError) for e in errors):
-                # A master lost its script cache (restart, SCRIPT FLUSH): load it on every master.
-                self._sha = self.client.script_load(scripts.UPSERT)
-                todo = [i for i, r in enumerate(results) if isinstance(r, Exception)]
-                continue
-            raise errors[0]
-        raise AssertionError("unreachable")
+
+        def queue(pipe: Any, index: int, sha: str) -> None:
+            b, lo, hi = calls[index]
+            ns, state_key = spaces[b], spaces[b][:-1]
+            state = self._states.get(state_key)
+            if generation is None:
+                targets = [_segment(g) for g in _State.parse(state).targets()]
+            elif _State.parse(state).find(generation) is None:
+                raise not_building(table, generation)
+            else:
+                targets = [_segment(generation)]
+            texts, values = per_bucket[b]
+            keys = [state_key, *(ns + seg + text for seg in targets for text in texts[lo:hi])]
+            pipe.execute_command("EVALSHA", sha, len(keys), *keys, state or b"", ttl, len(targets),
+                                 *values[lo:hi], target_nodes=self._node(state_key))
+
+        # script_load on a cluster client loads the script on every master.
+        results, self._sha = scripts.pipelined_upserts(
+            self.client.pipeline, queue, len(calls), self._sha, lambda: self.client.script_load(scripts.UPSERT))
+        return results
 
     # --- reads ---------------------------------------------------------------------------------------
 

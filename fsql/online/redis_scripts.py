@@ -8,6 +8,11 @@ Lua's ``<`` on strings uses strcoll, whose order depends on the server's locale.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
 from fsql.online.encoding import HEADER_SIZE
 from fsql.online.order import LUA_COMPARE
 
@@ -235,3 +240,32 @@ local c = cmp_bytes(sub(ARGV[1], 1, size), sub(ARGV[2], 1, size))
 if c == 0 then c = compare_rows(ARGV[1], ARGV[2]) end
 return c
 """
+
+
+def pipelined_upserts(
+    new_pipeline: Callable[[], Any],
+    queue: Callable[[Any, int, str], None],
+    count: int,
+    sha: str,
+    load_script: Callable[[], str],
+) -> tuple[list[Any], str]:
+    """Send ``count`` upsert calls in one pipeline (``queue(pipe, index, sha)`` adds call ``index``);
+    the results per call and the script's sha. A server that lost its script cache (restart,
+    SCRIPT FLUSH) gets the script again and only the calls that did not run are re-sent, once."""
+    results: list[Any] = [None] * count
+    todo = list(range(count))
+    for attempt in range(2):
+        pipe = new_pipeline()
+        for index in todo:
+            queue(pipe, index, sha)
+        for index, result in zip(todo, pipe.execute(raise_on_error=False), strict=True):
+            results[index] = result
+        errors = [r for r in results if isinstance(r, Exception)]
+        if not errors:
+            return results, sha
+        if attempt == 0 and all(isinstance(e, NoScriptError) for e in errors):
+            sha = load_script()
+            todo = [i for i, r in enumerate(results) if isinstance(r, Exception)]
+            continue
+        raise errors[0]
+    raise AssertionError("unreachable")
