@@ -383,6 +383,20 @@ def test_versions_are_namespaced_and_drop_removes_one(store) -> None:
     store.drop(v1)  # dropping twice (or a version never written) is fine
 
 
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+def test_a_flushed_script_cache_is_reloaded_and_the_write_lands(store) -> None:
+    """A Redis restarted without persistence, or SCRIPT FLUSH, forgets the upsert script: the store
+    loads it again (on every master of a cluster) and re-sends the calls, so no row is lost."""
+    table = make_table()
+    rows = [{"id": i, "name": "k", "ev": T0, "cr": None, "values": (i,) + (None,) * 5} for i in range(50)]
+    assert store.write_batch(table, make_batch(table, rows)) == 50
+    store.client.script_flush()
+    newer = [{**r, "ev": T0 + timedelta(seconds=1), "values": (r["id"] + 100,) + (None,) * 5} for r in rows]
+    assert store.write_batch(table, make_batch(table, newer)) == 50
+    got = store.read([(table, [(i, "k") for i in range(50)])])[0]
+    assert [r.values[0] for r in got] == [i + 100 for i in range(50)]
+
+
 def test_empty_batch_and_empty_read(store) -> None:
     table = make_table()
     assert store.write_batch(table, make_batch(table, [])) == 0
