@@ -334,10 +334,11 @@ def compile_pit(
         for i, view in enumerate(views):
             if riding[i]:
                 groups.setdefault(tuple(view.spine_keys or view.keys), []).append(i)
-        for spine_keys_group, members in groups.items():
+        for group_keys, members in groups.items():
             group = [views[i] for i in members]
-            hists = [_cte_or_table(v.relation, names(f"v{i}"), ctes) for i, v in zip(members, group, strict=True)]
-            relation = _table(_timeline_carry(group, hists, relation, columns, spine_keys_group, spine_timestamp, pc))
+            hists = [_cte_or_table(views[i].relation, names(f"v{i}"), ctes) for i in members]
+            carry_cte = _timeline_carry(group, hists, relation, columns, group_keys, spine_timestamp, pc)
+            relation = _table(carry_cte)
             columns = [*columns, *(out for v in group for _, out in v.features)]
         final_from = _aliased(relation, s)
     elif ordinal is None:
@@ -407,6 +408,13 @@ def compile_pit(
             for _, out in view.features
         ]
 
+    if any(riding) and not joins:
+        # Spark's ORDER BY samples its input to pick range bounds, which reruns the whole window
+        # stage unless that input is a shuffle's output: redistributing the (spine-sized) result by
+        # the ordinal first costs less than a second sort of history + spine
+        last = next(c for c in ctes if c.alias == final_from.name)
+        distribute = exp.Distribute(expressions=[exp.column(order_col, quoted=True)])
+        last.this.set("distribute", distribute)
     query = exp.Select(expressions=out_cols).from_(final_from, copy=False)
     for join in joins:
         query = query.join(join, copy=False)
@@ -868,7 +876,8 @@ def _timeline_carry(
     # the struct's fields: the tie order, then selected features outside it (a key column), which
     # cannot change the order (rows equal on the tie columns are alike there: same key and time)
     carried = [
-        list(dict.fromkeys([*_tie_columns(v, with_timestamp=True), *(c for c, _ in v.features)])) for v in views
+        list(dict.fromkeys([*_tie_columns(v, with_timestamp=True), *(c for c, _ in v.features)]))
+        for v in views
     ]
     fields = [[f"c{j}" for j in range(len(cols))] for cols in carried]
 
@@ -908,10 +917,7 @@ def _timeline_carry(
             exp.alias_(_match_time(view, h, mode), t, quoted=True, copy=False),
             exp.alias_(exp.Literal.number(0), kind, quoted=True, copy=False),
         ]
-        cols += [
-            exp.alias_(struct, b, quoted=True, copy=False) if j == i else exp.alias_(exp.Null(), b, quoted=True)
-            for j, b in enumerate(bests)
-        ]
+        cols += [exp.alias_(struct if j == i else exp.Null(), b, quoted=True) for j, b in enumerate(bests)]
         # a NULL key never matches: keeping such rows out keeps them out of spine rows' NULL-key partitions
         present = [_not_null(exp.column(c, h, quoted=True)) for c in [view.timestamp, *view.keys]]
         rows = (
@@ -952,16 +958,20 @@ def _timeline_carry(
 
     outs: list[exp.Expression] = [exp.column(c, y, quoted=True) for c in prev_columns]
     for i, view in enumerate(views):
-        best = exp.column(bests[i], y, quoted=True)
         field_of = dict(zip(carried[i], fields[i], strict=True))
+
+        def field(column: str, best: str = bests[i], field_of: dict[str, str] = field_of) -> exp.Dot:
+            name = exp.to_identifier(field_of[column], quoted=True)
+            return exp.Dot(this=exp.column(best, y, quoted=True), expression=name)
+
         ok: exp.Expression | None = None
         if view.ttl is not None:
             ok = exp.GTE(
-                this=exp.Dot(this=best.copy(), expression=exp.to_identifier(field_of[view.timestamp], quoted=True)),
+                this=field(view.timestamp),
                 expression=exp.Sub(this=exp.column(t, y, quoted=True), expression=_interval(view.ttl)),
             )
         for c, out in view.features:
-            value: exp.Expression = exp.Dot(this=best.copy(), expression=exp.to_identifier(field_of[c], quoted=True))
+            value: exp.Expression = field(c)
             if ok is not None:
                 value = exp.Case(ifs=[exp.If(this=ok.copy(), true=value)])
             outs.append(exp.alias_(value, out, quoted=True, copy=False))
