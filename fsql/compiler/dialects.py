@@ -109,7 +109,9 @@ _CAPABILITIES: dict[str, Capabilities] = {
         ),
         Capabilities(name="bigquery", qualify=True, nan_sorts_first=True),
         Capabilities(name="databricks", qualify=True),
-        # Spark: no ASOF, no LATERAL; the timeline plan is one sort per view (bench/pit.py --engine spark).
+        # Spark: no ASOF, no LATERAL; the timeline plan carries the winning row in its window: one
+        # shuffle and sort of history + spine per group of views sharing spine keys (bench/pit.py
+        # --engine spark).
         Capabilities(name="spark", scan_order_id="MONOTONICALLY_INCREASING_ID", row_max_timeline=True),
         Capabilities(name="trino"),
         Capabilities(name="presto"),

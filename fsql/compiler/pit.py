@@ -45,6 +45,10 @@ view's measured shape; overridable with ``plan=``). Each finds the winning event
   running MAX over a UNION ALL of view rows (at their match time) and spine probe points, view rows
   first at equal times (``<=`` counts); then the same equi-join fetch. One sort of history + spine,
   robust to deep histories; no IGNORE NULLS carry-forward, so a NULL in the winning row stays NULL.
+  On Spark (``row_max_timeline``) the window carries the winning row itself, as a running MAX of a
+  struct of the tie-order columns (Spark compares structs field by field in exactly the rule-4
+  order), and the spine rows ride through it (``_timeline_carry``): one shuffle and sort per group
+  of views sharing spine keys instead of the probes, the fetch join, the ROW_NUMBER and the join back.
 * ``lateral`` (PostgreSQL, history persisted with ``offline_index`` and ``indexed=True``):
   ``LEFT JOIN LATERAL (... WHERE <rules 1-3> ORDER BY <tie order> LIMIT 1)``: one backward index
   range scan per spine row that reads a single index tuple, because the index key is the tie
