@@ -902,13 +902,11 @@ def _timeline_carry(
     timeline: exp.Query = spine_rows
     for i, (view, hist) in enumerate(zip(views, hists, strict=True)):
         h = names("h")
-        struct = exp.Anonymous(
-            this="NAMED_STRUCT",
+        struct = exp.Struct(
             expressions=[
-                e
+                exp.PropertyEQ(this=exp.to_identifier(f), expression=exp.column(c, h, quoted=True))
                 for f, c in zip(fields[i], carried[i], strict=True)
-                for e in (exp.Literal.string(f), exp.column(c, h, quoted=True))
-            ],
+            ]
         )
         cols: list[exp.Expression] = [
             exp.alias_(exp.Null(), c, quoted=True, copy=False) for c in prev_columns
