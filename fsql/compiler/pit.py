@@ -864,7 +864,7 @@ def _timeline_carry(
 
     The Spark shape of the timeline plan (``row_max_timeline``): the spine rows themselves and the
     view rows, at their match time, share one timeline per key; each view's winning row is a running
-    MAX of a struct whose fields are the tie order (``_tie_struct``), so at a spine row it is the
+    MAX of a struct whose fields are the tie-order columns (``_tie_columns``), so at a spine row it is the
     first candidate in the tie order. No distinct probes, no fetch join, no ROW_NUMBER, no join back:
     one shuffle and sort of history + spine instead of five (bench/pit.py --engine spark).
     Eligibility is the timeline position: a view row precedes a spine row at t exactly when its match
@@ -885,9 +885,6 @@ def _timeline_carry(
     ]
     fields = [[f"c{j}" for j in range(len(cols))] for cols in carried]
 
-    def nulls(skip: int | None) -> list[exp.Expression]:
-        return [exp.alias_(exp.Null(), b, quoted=True, copy=False) for j, b in enumerate(bests) if j != skip]
-
     spine_rows = exp.select(
         *(exp.column(c, prev, quoted=True) for c in prev_columns),
         *(
@@ -896,7 +893,7 @@ def _timeline_carry(
         ),
         exp.alias_(exp.column(spine_timestamp, prev, quoted=True), t, quoted=True, copy=False),
         exp.alias_(exp.Literal.number(1), kind, quoted=True, copy=False),
-        *nulls(None),
+        *(exp.alias_(exp.Null(), b, quoted=True, copy=False) for b in bests),
         copy=False,
     ).from_(_aliased(prev_relation, prev), copy=False)
     timeline: exp.Query = spine_rows
