@@ -59,6 +59,11 @@ class Capabilities:
     # a function numbering rows in scan order, for dialects whose ROW_NUMBER() needs an ORDER BY
     # (Spark): the spine's row number only orders the output, so any increasing id will do
     scan_order_id: str | None = None
+    # the timeline plan carries each view's winning row in the window itself, as a running MAX of a
+    # struct of the tie-order columns, and passes the spine rows through it (pit._timeline_carry).
+    # Needs struct comparison in the rule-4 order: field by field, NULL lowest, NaN above +Infinity,
+    # strings in byte order (so neither byte_collation nor nan_sorts_first)
+    row_max_timeline: bool = False
     # plan for an unindexed history, and for a history persisted as a table with `offline_index`
     pit_plan: PitPlan = "timeline"
     pit_plan_indexed: PitPlan = "timeline"
@@ -104,8 +109,10 @@ _CAPABILITIES: dict[str, Capabilities] = {
         ),
         Capabilities(name="bigquery", qualify=True, nan_sorts_first=True),
         Capabilities(name="databricks", qualify=True),
-        # Spark: no ASOF, no LATERAL; the timeline plan is one sort per view (bench/pit.py --engine spark).
-        Capabilities(name="spark", scan_order_id="MONOTONICALLY_INCREASING_ID"),
+        # Spark: no ASOF, no LATERAL; the timeline plan carries the winning row in its window: one
+        # shuffle and sort of history + spine per group of views sharing spine keys (bench/pit.py
+        # --engine spark).
+        Capabilities(name="spark", scan_order_id="MONOTONICALLY_INCREASING_ID", row_max_timeline=True),
         Capabilities(name="trino"),
         Capabilities(name="presto"),
         Capabilities(name="athena"),

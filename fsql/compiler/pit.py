@@ -45,6 +45,10 @@ view's measured shape; overridable with ``plan=``). Each finds the winning event
   running MAX over a UNION ALL of view rows (at their match time) and spine probe points, view rows
   first at equal times (``<=`` counts); then the same equi-join fetch. One sort of history + spine,
   robust to deep histories; no IGNORE NULLS carry-forward, so a NULL in the winning row stays NULL.
+  On Spark (``row_max_timeline``) the window carries the winning row itself, as a running MAX of a
+  struct of the tie-order columns (Spark compares structs field by field in exactly the rule-4
+  order), and the spine rows ride through it (``_timeline_carry``): one shuffle and sort per group
+  of views sharing spine keys instead of the probes, the fetch join, the ROW_NUMBER and the join back.
 * ``lateral`` (PostgreSQL, history persisted with ``offline_index`` and ``indexed=True``):
   ``LEFT JOIN LATERAL (... WHERE <rules 1-3> ORDER BY <tie order> LIMIT 1)``: one backward index
   range scan per spine row that reads a single index tuple, because the index key is the tie
@@ -306,7 +310,9 @@ def compile_pit(
 
     chosen = [_choose_plan(view, caps, plan) for view in views]
     carried = [c == "asof" and caps.asof_carry_spine and caps.materialized_cte for c in chosen]
-    probed = [c != "lateral" and not k for c, k in zip(chosen, carried, strict=True)]
+    # timeline views whose winning row rides the spine rows through the window (row_max_timeline)
+    riding = [c == "timeline" and caps.row_max_timeline and not caps.materialized_cte for c in chosen]
+    probed = [c != "lateral" and not k and not r for c, k, r in zip(chosen, carried, riding, strict=True)]
 
     ctes: list[exp.CTE] = []
     pc = _PlanContext(caps, mode, names, ctes)
@@ -336,6 +342,27 @@ def compile_pit(
                 )  # fmt: skip
                 columns = [*columns, *(out for _, out in view.features)]
         final_from = _aliased(_table(relation), s)
+    elif any(riding):
+        # the spine rows flow through one timeline per spine-key group; nothing joins back to them,
+        # so the scan-order id is evaluated once even without MATERIALIZED
+        probe_source = source
+        if ordinal is None:
+            ctes.append(_cte(names("rows"), numbered))
+            relation: exp.Expression = _table(ctes[-1].alias)
+            columns = [*spine_columns, row_id]
+        else:
+            relation, columns = source, list(spine_columns)
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i, view in enumerate(views):
+            if riding[i]:
+                groups.setdefault(tuple(view.spine_keys or view.keys), []).append(i)
+        for group_keys, members in groups.items():
+            group = [views[i] for i in members]
+            hists = [_cte_or_table(views[i].relation, names(f"v{i}"), ctes) for i in members]
+            carry_cte = _timeline_carry(group, hists, relation, columns, group_keys, spine_timestamp, pc)
+            relation = _table(carry_cte)
+            columns = [*columns, *(out for v in group for _, out in v.features)]
+        final_from = _aliased(relation, s)
     elif ordinal is None:
         final_from = numbered.subquery(exp.to_identifier(s, quoted=True), copy=False)
         probe_source = source
@@ -354,7 +381,7 @@ def compile_pit(
 
     for i, view in enumerate(views):
         spine_keys = list(view.spine_keys or view.keys)
-        if carried[i]:
+        if carried[i] or riding[i]:
             out_cols += [
                 exp.alias_(exp.column(out, s, quoted=True), out, quoted=True, copy=False)
                 for _, out in view.features
@@ -403,6 +430,13 @@ def compile_pit(
             for _, out in view.features
         ]
 
+    if any(riding) and not joins:
+        # Spark's ORDER BY samples its input to pick range bounds, which reruns the whole window
+        # stage unless that input is a shuffle's output: redistributing the (spine-sized) result by
+        # the ordinal first costs less than a second sort of history + spine
+        last = next(c for c in ctes if c.alias == final_from.name)
+        distribute = exp.Distribute(expressions=[exp.column(order_col, quoted=True)])
+        last.this.set("distribute", distribute)
     query = exp.Select(expressions=out_cols).from_(final_from, copy=False)
     for join in joins:
         query = query.join(join, copy=False)
@@ -833,6 +867,139 @@ def _timeline_match(
             copy=False,
         )
     )
+
+
+def _timeline_carry(
+    views: Sequence[PitView],
+    hists: Sequence[exp.Expression],
+    prev_relation: exp.Expression,
+    prev_columns: list[str],
+    spine_keys: Sequence[str],
+    spine_timestamp: str,
+    pc: _PlanContext,
+) -> str:
+    """Add the features of ``views`` (all joined on ``spine_keys``) to relation ``prev_relation``.
+
+    The Spark shape of the timeline plan (``row_max_timeline``): the spine rows themselves and the
+    view rows, at their match time, share one timeline per key; each view's winning row is a running
+    MAX of a struct whose fields are the tie-order columns (``_tie_columns``), so at a spine row it is the
+    first candidate in the tie order. No distinct probes, no fetch join, no ROW_NUMBER, no join back:
+    one shuffle and sort of history + spine instead of five (bench/pit.py --engine spark).
+    Eligibility is the timeline position: a view row precedes a spine row at t exactly when its match
+    time (event time, or in known-at mode the later of event and created time) is <= t. The TTL is
+    checked on the winner's event time, the greatest among candidates (see ``_fetch``).
+    Returns the name of the CTE holding ``prev_columns`` + the views' outputs.
+    """
+    caps, mode, names, ctes = pc.caps, pc.mode, pc.names, pc.ctes
+    prev, x, y = names("sp"), names("x"), names("y")
+    kind, t = names.fixed("kind"), names.fixed("t")
+    key_names = [names.fixed(f"k{j}") for j in range(len(spine_keys))]
+    bests = [names(f"b{i}") for i in range(len(views))]
+    # the struct's fields: the tie order, then selected features outside it (a key column), which
+    # cannot change the order (rows equal on the tie columns are alike there: same key and time)
+    carried = [
+        list(dict.fromkeys([*_tie_columns(v, with_timestamp=True), *(c for c, _ in v.features)]))
+        for v in views
+    ]
+    fields = [[f"c{j}" for j in range(len(cols))] for cols in carried]
+
+    spine_rows = exp.select(
+        *(exp.column(c, prev, quoted=True) for c in prev_columns),
+        *(
+            exp.alias_(exp.column(sk, prev, quoted=True), kn, quoted=True, copy=False)
+            for sk, kn in zip(spine_keys, key_names, strict=True)
+        ),
+        exp.alias_(exp.column(spine_timestamp, prev, quoted=True), t, quoted=True, copy=False),
+        exp.alias_(exp.Literal.number(1), kind, quoted=True, copy=False),
+        *(exp.alias_(exp.Null(), b, quoted=True, copy=False) for b in bests),
+        copy=False,
+    ).from_(_aliased(prev_relation, prev), copy=False)
+    timeline: exp.Query = spine_rows
+    for i, (view, hist) in enumerate(zip(views, hists, strict=True)):
+        h = names("h")
+        struct = exp.Struct(
+            expressions=[
+                exp.PropertyEQ(this=exp.to_identifier(f), expression=exp.column(c, h, quoted=True))
+                for f, c in zip(fields[i], carried[i], strict=True)
+            ]
+        )
+        cols: list[exp.Expression] = [
+            exp.alias_(exp.Null(), c, quoted=True, copy=False) for c in prev_columns
+        ]
+        cols += [
+            exp.alias_(exp.column(k, h, quoted=True), kn, quoted=True, copy=False)
+            for k, kn in zip(view.keys, key_names, strict=True)
+        ]
+        cols += [
+            exp.alias_(_match_time(view, h, mode), t, quoted=True, copy=False),
+            exp.alias_(exp.Literal.number(0), kind, quoted=True, copy=False),
+        ]
+        cols += [exp.alias_(struct if j == i else exp.Null(), b, quoted=True) for j, b in enumerate(bests)]
+        # a NULL key never matches: keeping such rows out keeps them out of spine rows' NULL-key partitions
+        present = [_not_null(exp.column(c, h, quoted=True)) for c in [view.timestamp, *view.keys]]
+        rows = (
+            exp.select(*cols, copy=False)
+            .from_(_aliased(hist, h), copy=False)
+            .where(exp.and_(*present, copy=False), copy=False)
+        )
+        timeline = exp.union(timeline, rows, distinct=False, copy=False)
+
+    frame = exp.WindowSpec(kind="ROWS", start="UNBOUNDED", start_side="PRECEDING", end="CURRENT ROW")
+    # view rows first at equal times: event_ts <= t counts equality; a NULL t sorts before every
+    # view row (they never have one), so its spine row finds no candidate
+    order = exp.Order(
+        expressions=[
+            natural_order(exp.column(t, x, quoted=True), caps),
+            natural_order(exp.column(kind, x, quoted=True), caps),
+        ]
+    )
+    running = [
+        exp.alias_(
+            exp.Window(
+                this=exp.Max(this=exp.column(b, x, quoted=True)),
+                partition_by=[exp.column(kn, x, quoted=True) for kn in key_names],
+                order=order.copy(),
+                spec=frame.copy(),
+            ),
+            b,
+            quoted=True,
+            copy=False,
+        )
+        for b in bests
+    ]
+    scanned = exp.select(
+        *(exp.column(c, x, quoted=True) for c in [*prev_columns, t, kind]),
+        *running,
+        copy=False,
+    ).from_(timeline.subquery(exp.to_identifier(x, quoted=True), copy=False), copy=False)
+
+    outs: list[exp.Expression] = [exp.column(c, y, quoted=True) for c in prev_columns]
+    for i, view in enumerate(views):
+        field_of = dict(zip(carried[i], fields[i], strict=True))
+
+        def field(column: str, best: str = bests[i], field_of: dict[str, str] = field_of) -> exp.Dot:
+            name = exp.to_identifier(field_of[column], quoted=True)
+            return exp.Dot(this=exp.column(best, y, quoted=True), expression=name)
+
+        ok: exp.Expression | None = None
+        if view.ttl is not None:
+            ok = exp.GTE(
+                this=field(view.timestamp),
+                expression=exp.Sub(this=exp.column(t, y, quoted=True), expression=_interval(view.ttl)),
+            )
+        for c, out in view.features:
+            value: exp.Expression = field(c)
+            if ok is not None:
+                value = exp.Case(ifs=[exp.If(this=ok.copy(), true=value)])
+            outs.append(exp.alias_(value, out, quoted=True, copy=False))
+    query = (
+        exp.select(*outs, copy=False)
+        .from_(scanned.subquery(exp.to_identifier(y, quoted=True), copy=False), copy=False)
+        .where(exp.EQ(this=exp.column(kind, y, quoted=True), expression=exp.Literal.number(1)), copy=False)
+    )
+    out = names("r")
+    ctes.append(_cte(out, query))
+    return out
 
 
 def _fetch(
