@@ -300,6 +300,32 @@ def test_apply_adds_everything_then_is_idempotent(registry: Registry) -> None:
     assert dump(registry) == before
 
 
+def test_a_cache_sees_another_connections_write_at_the_next_validated_read(registry_url: str) -> None:
+    """The cache skips the version query while a SQLite file's change counter stands still; a write
+    through another connection (another process, as far as this one's write count can tell) must
+    still be seen by the very next validated read, on SQLite and on PostgreSQL (no counter)."""
+    from fsql.registry.cache import RegistryCache
+
+    reader, writer = Registry.open(registry_url), Registry.open(registry_url)
+    reader.local_writes = lambda: 0  # type: ignore[method-assign]  # blind to this process's writes
+    try:
+        cache = RegistryCache(reader, lambda r: sorted(r.snapshot().views))
+        counter = reader.change_counter()
+        assert (counter is None) == registry_url.startswith("postgresql")
+        assert cache.get(0, validate=True) == []
+        assert cache.get(0, validate=True) == []
+        writer.apply(make_project(make_view("spend")))
+        if counter is not None:
+            assert reader.change_counter() != counter
+        assert cache.get(0, validate=True) == ["spend"]
+        writer.apply(make_project(make_view("spend"), make_view("profile", features=("age",))))
+        assert cache.get(0, validate=True) == ["profile", "spend"]
+        assert cache.get(0, validate=True) == ["profile", "spend"]
+    finally:
+        reader.close()
+        writer.close()
+
+
 def test_snapshot_returns_the_stored_definitions(registry: Registry) -> None:
     spend = make_view("spend", description="Spend per customer", ttl=timedelta(days=30, microseconds=7))
     churn = make_set("churn", ("spend.spend",))

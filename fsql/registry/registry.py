@@ -486,6 +486,12 @@ class Registry:
         self.url = url  # for messages: the password is masked
         self.dialect = engine.dialect.name
         self._pg_schema: str | None = None
+        database = engine.url.database
+        # a SQLite file can say it changed without a query (see `change_counter`)
+        self._sqlite_file = (
+            Path(database) if self.dialect == "sqlite" and database and database != ":memory:"
+            and not database.startswith("file:") else None
+        )
         self.migrated = False  # whether open() applied migrations
 
     @classmethod
@@ -671,6 +677,24 @@ class Registry:
     def snapshot(self) -> RegistrySnapshot:
         with self._errors("read"), self._read() as conn:
             return _snapshot(conn)
+
+    def change_counter(self) -> int | None:
+        """For a SQLite file in rollback-journal mode (the registry's mode), the header's file change
+        counter, which every committed write increments: read without a connection or a lock (16
+        microseconds against about a millisecond for `version`), so a hot path can skip the version
+        query while it is unchanged. A write in progress can only show the new value early, which makes
+        the caller ask `version` (under SQLite's locks). None when the database cannot tell (PostgreSQL,
+        a WAL-mode file, which counts elsewhere, or an unreadable file): ask `version`."""
+        if self._sqlite_file is None:
+            return None
+        try:
+            with open(self._sqlite_file, "rb") as f:
+                header = f.read(28)
+        except OSError:
+            return None
+        if len(header) < 28 or not header.startswith(b"SQLite format 3\x00") or header[18] != 1:
+            return None  # not (yet) a database file, or WAL mode (write version 2)
+        return int.from_bytes(header[24:28], "big")
 
     def version(self) -> str:
         """A token that changes whenever what a server loads changes: definitions (a build) or the set
