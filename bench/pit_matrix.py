@@ -64,6 +64,10 @@ def events(total: int, per_entity: int, tie_share: float, seed: int = 11) -> pa.
     ts -= ts % 1_000_000
     order = np.lexsort((ts, ids))
     ids, ts = ids[order], ts[order]
+    # distinct times per customer (at least a second apart), so that "ties 0%" has none by chance
+    position = np.arange(n) - np.searchsorted(ids, ids)
+    lifted = ts - position * 1_000_000 + ids * (4 * SPAN_DAYS * _US_DAY)
+    ts = np.maximum.accumulate(lifted) - ids * (4 * SPAN_DAYS * _US_DAY) + position * 1_000_000
     amount = np.round(rng.lognormal(3.0, 0.8, n), 2)
     count = rng.poisson(3.0, n).astype(np.int64)
     code = rng.integers(0, 50, n).astype(np.int64)
@@ -276,8 +280,17 @@ def _auto_choice(store: Any, view: str, engine: str, spine_rows: int, mode: str)
         return "-"
 
     ctx = store._ctx  # the bench looks inside: the choice is what it measures
-    definition = ctx.definitions().views[view]
-    plan, _ = auto_plan(ctx.pit_view(definition, history=True), ctx.definitions().shapes.get(view), engine,
+    definitions = ctx.definitions()
+    definition = definitions.views[view]
+    if hasattr(ctx, "unique_times"):
+        from fsql.definitions import FeatureRef
+
+        choice = ctx.plan_choices([FeatureRef(view, f) for f in FEATURES], ["customer_id", "label_ts", "label"],
+                                  definitions.views, dialect=engine, mode=mode, shapes=definitions.shapes,
+                                  spine_rows=spine_rows)[view]
+        # "+u": no two rows share (key, event time), so the ASOF plan skips its tie check
+        return (choice.plan or "default") + ("+u" if choice.unique_times else "")
+    plan, _ = auto_plan(ctx.pit_view(definition, history=True), definitions.shapes.get(view), engine,
                         spine_rows, mode)  # type: ignore[arg-type]
     return plan or "default"
 

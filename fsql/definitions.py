@@ -103,6 +103,9 @@ class ViewShape:
     events_p99: float
     span_seconds: float  # latest minus earliest event time
     tie_share: float  # share of rows beyond the first at their (keys, event time)
+    # what the rows were a function of when measured (``Context.inputs_stamp``): while it is unchanged,
+    # a tie share of 0 still holds; None for a view that reads a live table or calls a volatile function
+    inputs: str | None = None
 
 
 @dataclass(frozen=True)

@@ -111,8 +111,68 @@ def test_the_spine_size_takes_part_in_the_choice_and_in_the_cached_sql(project: 
         small = pl.DataFrame({"customer_id": [1, 2, 3], "ts": [t] * 3})
         large = pl.DataFrame({"customer_id": [i % 500 + 1 for i in range(history)], "ts": [t] * history})
         auto = [store.training_set(features=features, spine=spine, timestamp="ts") for spine in (small, large)]
-        chosen = {dict(key[4])["customer_spend"] for key in store._ctx._compiled[1]}
+        chosen = {plan for key in store._ctx._compiled[1] for view, plan, _ in key[4] if view == "customer_spend"}
         for spine, got in zip((small, large), auto, strict=True):
             for plan in ("asof", "range"):
                 assert got.equals(store.training_set(features=features, spine=spine, timestamp="ts", plan=plan))
     assert chosen == {"range", None}, chosen  # None: the engine's default (ASOF on DuckDB)
+
+
+def _deep_project(root: Path, events: pl.DataFrame) -> None:
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    (root / "features").mkdir(exist_ok=True)
+    events.write_parquet(root / "data" / "events.parquet")
+    (root / "fsql.toml").write_text(
+        '[project]\nname = "deep"\ndialect = "duckdb"\n\n'
+        '[warehouse]\nengine = "duckdb"\npath = ".fsql/warehouse.duckdb"\nschema = "fsql"\n\n'
+        '[online]\nstore = "sqlite"\npath = ".fsql/online.db"\n\n'
+        '[registry]\nurl = "sqlite:///.fsql/registry.db"\n\n'
+        '[entities.customer]\nkeys = ["customer_id"]\n\n'
+        '[sources.events]\npath = "data/events.parquet"\n\n[sources.labels]\npath = "data/labels.parquet"\n'
+    )
+    (root / "features" / "ev.sql").write_text(
+        "-- @feature_view ev\n-- @entity customer\n-- @timestamp event_ts\n-- @created loaded_at\n"
+        "SELECT customer_id, event_ts, loaded_at, amount FROM events\n"
+    )
+    (root / "features" / "labelled.sql").write_text(
+        "-- @training_set labelled\n-- @timestamp label_ts\n-- @features ev.amount\n"
+        "SELECT customer_id, label_ts FROM labels\n"
+    )
+
+
+def test_tie_free_views_skip_the_tie_check_until_their_files_change(tmp_path: Path) -> None:
+    """A deep view whose measured history has one row per (key, event time) takes the winner from the
+    ASOF join itself (event-time matching only). Rewriting the source file with a tie at a winning time
+    must bring the tie check back at the very next call, in the same session: the tie order's winner
+    (the later created time) is returned, not whichever tied row the ASOF join happens to match."""
+    from datetime import datetime
+
+    t0 = datetime(2024, 1, 1)
+    rows = [(c, t0 + timedelta(hours=3 * i), t0 + timedelta(hours=3 * i, minutes=5), float(100 * c + i))
+            for c in range(1, 9) for i in range(40)]
+    events = pl.DataFrame(rows, schema=["customer_id", "event_ts", "loaded_at", "amount"], orient="row")
+    root = tmp_path / "deep"
+    _deep_project(root, events)
+    labels = pl.DataFrame({"customer_id": [1, 2, 3], "label_ts": [t0 + timedelta(hours=30, minutes=30)] * 3})
+    labels.write_parquet(root / "data" / "labels.parquet")
+    with fsql.Store(root) as store:
+        store.build()
+        assert store._ctx.registry.view_shapes()["ev"].tie_share == 0
+        assert "no tie check" in store.compile("labelled", mode="event-time")
+        assert "no tie check" not in store.compile("labelled")  # known-at: matched on the created time
+        with store.session():
+            first = store.training_set("labelled", spine=labels, pit_mode="event-time")
+            assert first["amount"].to_list() == [110.0, 210.0, 310.0]  # the row at hour 30 of each
+
+            # customers 2 and 3 get a second row at hour 30, created later: it wins in the tie order
+            # (one written before the original row, one after, so no file order picks both by chance)
+            def tie(customer: int) -> pl.DataFrame:
+                return pl.DataFrame([(customer, t0 + timedelta(hours=30), t0 + timedelta(hours=30, minutes=9),
+                                      float(customer))], schema=events.schema, orient="row")
+
+            pl.concat([tie(2), events, tie(3)]).write_parquet(root / "data" / "events.parquet")
+            again = store.training_set("labelled", spine=labels, pit_mode="event-time")
+            assert again["amount"].to_list() == [110.0, 2.0, 3.0]
+            for plan in ("range", "timeline"):
+                assert store.training_set("labelled", spine=labels, pit_mode="event-time", plan=plan).equals(again)
+        assert "no tie check" not in store.compile("labelled", mode="event-time")

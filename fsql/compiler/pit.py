@@ -135,6 +135,9 @@ class PitView:
     indexed: bool = False
     # the event timestamp has no time zone (naive = UTC wall time): "now" must be the UTC wall time too
     naive_time: bool = False
+    # no two rows of the relation share (keys, event_ts), verified for the rows as they are now (see
+    # ``Context.unique_times``): the ASOF plan may then take the winner's values from the ASOF join itself
+    unique_times: bool = False
 
 
 @dataclass
@@ -654,9 +657,12 @@ def _asof_join(
     pc: _PlanContext,
     *,
     outer: bool,
+    values: Sequence[tuple[str, str]] = (),
 ) -> tuple[exp.Join, exp.Column]:
     """The native ASOF join from relation ``left`` to the view's match times, and the column
-    holding the winning event_ts (NULL when there is no candidate, for an outer join)."""
+    holding the winning event_ts (NULL when there is no candidate, for an outer join). ``values``:
+    (view column, alias) pairs the matched row also carries, in event-time matching only (where the
+    matched row is the winner, when no other row shares its time)."""
     caps, mode, names = pc.caps, pc.mode, pc.names
     h, a = names("h"), names("a")
     best = names.fixed("best")
@@ -674,8 +680,14 @@ def _asof_join(
     if view.created is None or mode == "event-time":
         # ASOF picks any row among equal event times: only the time is taken from it
         matcher = inner.select(exp.alias_(ts.copy(), match, quoted=True, copy=False), copy=False)
+        matcher = matcher.select(
+            *(exp.alias_(exp.column(c, h, quoted=True), alias, quoted=True, copy=False) for c, alias in values),
+            copy=False,
+        )
         best_from = match
     else:
+        if values:
+            raise CompileError("an ASOF join carries the matched row's values only when it matches on event time")
         # running MAX(event_ts) in eligible-at order: the greatest event_ts known at each instant.
         # RANGE frame so rows with equal eligible-at times share one value (ASOF may pick any).
         x = names("x")
@@ -760,6 +772,8 @@ def _asof_carry(
     m, h = names("m"), names("h")
     best = names.fixed("best")
     key_names = [names.fixed(f"k{j}") for j in range(len(view.keys))]
+    if view.unique_times and (view.created is None or mode == "event-time"):
+        return _asof_carry_unique(view, hist, prev, prev_columns, spine_keys, spine_timestamp, key_names, pc)
     join, best_col = _asof_join(
         view, hist, prev, spine_keys, spine_timestamp, key_names, pc, outer=True
     )
@@ -796,6 +810,43 @@ def _asof_carry(
     )
     out = names("r")
     _first_per(view, query, h, [row_id], out, pc, with_timestamp=False, carry=prev_columns)
+    return out
+
+
+def _asof_carry_unique(
+    view: PitView,
+    hist: exp.Expression,
+    prev: str,
+    prev_columns: list[str],
+    spine_keys: Sequence[str],
+    spine_timestamp: str,
+    key_names: list[str],
+    pc: _PlanContext,
+) -> str:
+    """``_asof_carry`` where no two rows share (keys, event_ts) and the match is on event time: the
+    row the ASOF join matches is the winner, so it carries the values itself (no fetch join, no tie
+    check: the plan of a hand-written ASOF join). The TTL is checked on its time, as in the fetch."""
+    values = [(c, pc.names.fixed(f"v{j}")) for j, (c, _) in enumerate(view.features)]
+    join, best_col = _asof_join(view, hist, prev, spine_keys, spine_timestamp, key_names, pc, outer=True,
+                                values=values)
+    a = best_col.table
+    fresh = None
+    if view.ttl is not None:
+        t = exp.column(spine_timestamp, prev, quoted=True)
+        fresh = exp.GTE(this=best_col, expression=exp.Sub(this=t, expression=_interval(view.ttl)))
+    outputs = []
+    for (_, out), (_, alias) in zip(view.features, values, strict=True):
+        value: exp.Expression = exp.column(alias, a, quoted=True)
+        if fresh is not None:
+            value = exp.Case(ifs=[exp.If(this=fresh.copy(), true=value)])
+        outputs.append(exp.alias_(value, out, quoted=True, copy=False))
+    query = (
+        exp.select(*(exp.column(c, prev, quoted=True) for c in prev_columns), *outputs, copy=False)
+        .from_(_table(prev), copy=False)
+        .join(join, copy=False)
+    )
+    out = pc.names("r")
+    pc.ctes.append(_cte(out, query))
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -154,6 +155,25 @@ def missing_source(source: SourceConfig) -> ConfigError:
     return ConfigError(f"source '{source.name}' reads {source.path}, which matches no file",
                        path=CONFIG_FILE, line=source.line or None,
                        hint="fix [sources." + source.name + "] path, or create the file")
+
+
+def source_files(root: Path, source: SourceConfig) -> list[Path]:
+    """The files a file source reads now (its glob expanded, in name order); none when they are missing."""
+    assert source.path is not None
+    pattern = any(c in source.path for c in "*?[")
+    files = sorted(root.glob(source.path)) if pattern else [root / source.path]
+    return [f for f in files if f.exists()]
+
+
+def files_signature(files: Sequence[Path]) -> str:
+    """Changes when any of ``files`` is written, replaced, added or removed: name, size, modification
+    time and inode per file. A rewrite of the same size within the file system's timestamp resolution
+    (a few milliseconds) of the previous one is the one change it can miss."""
+    parts = []
+    for f in files:
+        st = f.stat()
+        parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 ROWS_PER_FILE = 1_000_000

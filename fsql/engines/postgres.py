@@ -26,8 +26,10 @@ from fsql.engines.base import (
     HistoryRefresh,
     SchemaDDL,
     columns_of,
+    files_signature,
     history_name,
     missing_source,
+    source_files,
     view_table,
     write_batches_parquet,
 )
@@ -142,16 +144,10 @@ class PostgresEngine(SchemaDDL):
         return exp.table_(self._source_table(source), db=self.schema, quoted=True)
 
     def _source_files(self, source: SourceConfig) -> tuple[list[Path], str]:
-        assert source.path is not None
-        pattern = any(c in source.path for c in "*?[")
-        files = sorted(self.root.glob(source.path)) if pattern else [self.root / source.path]
-        files = [f for f in files if f.exists()]
+        files = source_files(self.root, source)
         if not files:
             raise missing_source(source)
-        signature = hashlib.sha256(
-            "|".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files).encode()
-        ).hexdigest()[:16]
-        return files, signature
+        return files, files_signature(files)
 
     def stale_sources(self, sources: Sequence[SourceConfig]) -> list[str]:
         """File sources whose files changed since they were last loaded (or were never loaded)."""

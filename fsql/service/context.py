@@ -8,10 +8,11 @@ never opens it either.
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from sqlglot import exp, parse_one
 from sqlglot.errors import SqlglotError
 
 from fsql.compiler import pit
-from fsql.compiler.dialects import PitPlan
+from fsql.compiler.dialects import PitPlan, capabilities
 from fsql.compiler.known_time import derive_known_time, known_inputs
 from fsql.compiler.views import resolve_names, to_dialect, volatile_calls
 from fsql.config import Config, RedisOnline, load_config
@@ -34,6 +35,7 @@ from fsql.definitions import (
     output_names,
 )
 from fsql.engines import Engine, HistoryInputs, HistoryRefresh, history_name, open_engine, view_table
+from fsql.engines.base import files_signature, source_files
 from fsql.engines.stats import view_shape
 from fsql.errors import NotBuiltError, RequestError
 from fsql.online import OnlineStore, open_online_store
@@ -42,6 +44,17 @@ from fsql.registry import Registry, RegistryCache
 from fsql.sample import ensure_fresh
 
 RelationFor = Callable[[str], exp.Expression]
+
+
+@dataclass(frozen=True)
+class ViewPlan:
+    """The PIT plan chosen for one view of a training set (None: the dialect's default) and why;
+    ``unique_times``: its rows are known to have no two at the same (keys, event time), which lets
+    the ASOF plan skip its tie check (see ``Context.unique_times``)."""
+
+    plan: PitPlan | None
+    why: str
+    unique_times: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,6 +103,8 @@ class Context:
         self._definitions: RegistryCache[Definitions] | None = None
         # compiled training-set SQL per request shape, valid for one Definitions object (see ``compiled``)
         self._compiled: tuple[Definitions | None, OrderedDict[Hashable, str]] = (None, OrderedDict())
+        # what each view's rows are a function of, per views mapping (parsing a view's SQL costs milliseconds)
+        self._inputs: tuple[Mapping[str, FeatureView] | None, dict[str, HistoryInputs | None]] = (None, {})
         self._engine_writes = False
         self._call_writes: bool | None = None  # inside a call (``warehouse``): whether it writes
         self.spines_in_use: set[str] = set()  # names of DataFrame spines registered with the engine now
@@ -269,19 +284,20 @@ class Context:
         ordinal: str | None = None,
         plan: PlanChoice = "auto",
         shapes: Mapping[str, ViewShape] | None = None,
-        choices: Mapping[str, tuple[PitPlan | None, str]] | None = None,
+        choices: Mapping[str, ViewPlan] | None = None,
     ) -> exp.Query:
         """The point-in-time join of ``refs`` onto ``spine``, reading each view's history, with the plan
         per view from ``plan_choices`` (``choices``: computed already). The choice and its reason per
         view are left in the query's ``meta["pit_plans"]`` for ``fsql compile``."""
-        pit_views = self._pit_views(refs, spine_columns, views)
         if choices is None:
             choices = self.plan_choices(refs, spine_columns, views, dialect=dialect, mode=mode, plan=plan,
                                         shapes=shapes)
-        plans = {name: chosen for name, (chosen, _) in choices.items() if chosen is not None}
+        pit_views = [replace(pv, unique_times=choices[pv.name].unique_times)
+                     for pv in self._pit_views(refs, spine_columns, views)]
+        plans = {name: c.plan for name, c in choices.items() if c.plan is not None}
         query = pit.compile_pit(spine, list(spine_columns), timestamp, pit_views, dialect=dialect, mode=mode,
-                                ordinal=ordinal, plan=plans)  # type: ignore[arg-type]
-        query.meta["pit_plans"] = {name: (chosen or "default", why) for name, (chosen, why) in choices.items()}
+                                ordinal=ordinal, plan=plans)
+        query.meta["pit_plans"] = {name: (c.plan or "default", c.why) for name, c in choices.items()}
         return query
 
     def plan_choices(
@@ -295,24 +311,66 @@ class Context:
         plan: PlanChoice = "auto",
         shapes: Mapping[str, ViewShape] | None = None,
         spine_rows: int | None = None,
-    ) -> dict[str, tuple[PitPlan | None, str]]:
+    ) -> dict[str, ViewPlan]:
         """The PIT plan per view (None: the dialect's default) and why: ``plan`` for every view, or with
         "auto" each view's ``@pit_plan``, else the choice from its measured shape (``shapes``) and the
         spine's size where known (see ``pit.auto_plan``)."""
-        choices: dict[str, tuple[PitPlan | None, str]] = {}
+        choices: dict[str, ViewPlan] = {}
         for pv in self._pit_views(refs, spine_columns, views):
             annotated = views[pv.name].pit_plan
+            shape = (shapes or {}).get(pv.name)
+            chosen: PitPlan | None
             if plan != "auto":
-                choices[pv.name] = (plan, f"{plan}: requested for this call")
+                chosen, why = plan, f"{plan}: requested for this call"
             elif annotated and annotated != "auto" and pit.plan_available(annotated, dialect):
-                choices[pv.name] = (annotated, f"{annotated}: @pit_plan of the view")  # type: ignore[assignment]
+                chosen, why = annotated, f"{annotated}: @pit_plan of the view"  # type: ignore[assignment]
             else:
                 # a view's file is compiled for every engine: a plan one of them lacks falls back to auto
-                chosen, why = pit.auto_plan(pv, (shapes or {}).get(pv.name), dialect, spine_rows, mode)
+                chosen, why = pit.auto_plan(pv, shape, dialect, spine_rows, mode)
                 if annotated and annotated != "auto":
                     why += f" (@pit_plan {annotated} is not available on {dialect})"
-                choices[pv.name] = (chosen, why)
+            unique = self.unique_times(views[pv.name], views, shape, dialect, mode, chosen)
+            if unique:
+                why += "; no two rows share (keys, event time) and its inputs are unchanged since measured: no tie check"
+            choices[pv.name] = ViewPlan(chosen, why, unique)
         return choices
+
+    def unique_times(self, view: FeatureView, views: Mapping[str, FeatureView], shape: ViewShape | None,
+                     dialect: str, mode: PitMode, plan: PitPlan | None) -> bool:
+        """Whether the ASOF plan may take ``view``'s winning row from the ASOF join itself: it matches
+        on event time there (event-time mode, or no created column), and the view's rows, when last
+        measured, had no two at the same (keys, event time) and are the same rows now: their inputs
+        (view versions and the size, time and inode of every file below) are unchanged. A view that
+        reads a live table or calls a volatile function is never known to be unchanged."""
+        caps = capabilities(dialect)
+        if shape is None or shape.inputs is None or shape.rows == 0 or shape.tie_share > 0:
+            return False
+        if (plan or caps.pit_plan) != "asof" or not caps.asof_carry_spine or not caps.materialized_cte:
+            return False
+        if mode != "event-time" and view.created is not None:
+            return False
+        return self.inputs_stamp(view, views) == shape.inputs
+
+    def inputs_stamp(self, view: FeatureView, views: Mapping[str, FeatureView]) -> str | None:
+        """A token that changes whenever ``view``'s rows can: the versions of the views it reads
+        (itself included) and the files of the sources below them. None when something else can change
+        them (a live table, a volatile function: see ``history_inputs``) or a file is missing."""
+        owner, known = self._inputs
+        if owner is not views:
+            known = {}
+            self._inputs = (views, known)
+        if view.name not in known:
+            known[view.name] = self.history_inputs(view, views)
+        inputs = known[view.name]
+        if inputs is None:
+            return None
+        parts = [f"{name}@{views[name].version}" for name in inputs.views]
+        for name in inputs.sources:
+            files = source_files(self.config.root, self.config.sources[name])
+            if not files:
+                return None
+            parts.append(f"{name}:{files_signature(files)}")
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
     def _pit_views(self, refs: Sequence[FeatureRef], spine_columns: Sequence[str],
                    views: Mapping[str, FeatureView]) -> list[pit.PitView]:
@@ -326,7 +384,10 @@ class Context:
         """Measure and store the shape of ``view``'s history (one GROUP BY per entity), from which
         training sets choose its PIT plan (see ``pit.auto_plan``)."""
         relation = self.pit_view(view, history=True).relation
-        shape = view_shape(self.engine, relation, view)
+        # stamped before measuring: a file written meanwhile makes the stamp stale, never the shape
+        views = self.definitions().views
+        inputs = self.inputs_stamp(view, views) if view.name in views else None
+        shape = replace(view_shape(self.engine, relation, view), inputs=inputs)
         self.registry.save_view_shape(view.name, view.version, shape)
         return shape
 

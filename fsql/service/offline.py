@@ -193,7 +193,8 @@ def _training_query(
         if shape is None:
             yield compile()
         else:
-            key = (shape, ts, tuple(refs), mode, tuple((n, c) for n, (c, _) in choices.items()), engine.dialect)
+            key = (shape, ts, tuple(refs), mode, tuple((n, c.plan, c.unique_times) for n, c in choices.items()),
+                   engine.dialect)
             yield ctx.compiled(definitions, key, compile)
 
 
