@@ -66,8 +66,8 @@ def events(total: int, per_entity: int, tie_share: float, seed: int = 11) -> pa.
     ids, ts = ids[order], ts[order]
     # distinct times per customer (at least a second apart), so that "ties 0%" has none by chance
     position = np.arange(n) - np.searchsorted(ids, ids)
-    lifted = ts - position * 1_000_000 + ids * (4 * SPAN_DAYS * _US_DAY)
-    ts = np.maximum.accumulate(lifted) - ids * (4 * SPAN_DAYS * _US_DAY) + position * 1_000_000
+    lifted = pl.DataFrame({"id": ids, "u": ts - position * 1_000_000})
+    ts = lifted.select(pl.col("u").cum_max().over("id"))["u"].to_numpy() + position * 1_000_000
     amount = np.round(rng.lognormal(3.0, 0.8, n), 2)
     count = rng.poisson(3.0, n).astype(np.int64)
     code = rng.integers(0, 50, n).astype(np.int64)

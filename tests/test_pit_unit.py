@@ -436,12 +436,23 @@ def shape(mean: float, p99: float, span_days: float = 90, rows: int = 1_000) -> 
         (30, shape(20, 400), "duckdb", None, "p99 ~133"),  # a skewed tail would explode the range join
         (365, shape(5, 20), "duckdb", "range", "~5.0 rows"),  # a TTL longer than the history: all of it
         (3, shape(10, 30, span_days=0), "duckdb", None, "~10.0 rows"),  # one instant: every row in the window
-        # the spine's size: 50 rows x ~3.3 rows per window stay small against 1,000 history rows; 100 do not
-        ((30, 50), shape(10, 30), "duckdb", "range", "50 spine rows join ~0.17x the history"),
-        ((30, 100), shape(10, 30), "duckdb", None, "100 spine rows join ~0.33x the history"),
-        ((30, 1_000), shape(10, 30), "duckdb", None, "asof: ~3.3 rows per entity in the TTL window, p99 ~10, 1,000"),
+        # the spine's size: 50 rows x ~3.3 rows per window stay small against 1,000 history rows; 100 do
+        # not when the ASOF plan takes the winner straight from the join (no ties)...
+        ((30, 50), shape(10, 30), "duckdb/tie-free", "range", "50 spine rows join ~0.17x the history"),
+        ((30, 100), shape(10, 30), "duckdb/tie-free", None, "100 spine rows join ~0.33x the history"),
+        ((30, 1_000), shape(10, 30), "duckdb/tie-free", None,
+         "asof: ~3.3 rows per entity in the TTL window, p99 ~10, 1,000"),
+        # ...while its fetch and tie check leave the range join more room
+        ((30, 100), shape(10, 30), "duckdb", "range", "100 spine rows join ~0.33x the history"),
+        ((30, 300), shape(10, 30), "duckdb", "range", "300 spine rows join ~1.00x the history"),
+        ((30, 400), shape(10, 30), "duckdb", None, "400 spine rows join ~1.33x the history"),
         # known-at with a created column: the ASOF plan's running MAX makes the range join worth more rows
         ((30, 200), shape(10, 30), "duckdb/known-at", "range", "200 spine rows join ~0.67x"),
+        # ...deeper windows too, once the spine's size bounds the work; without it the usual window bound
+        ((3, 20), shape(1000, 1000, rows=1_000_000), "duckdb/known-at", "range", "~33.3 rows per entity"),
+        ((3, 50_000), shape(1000, 1000, rows=1_000_000), "duckdb/known-at", None, "join ~1.67x the history"),
+        (3, shape(1000, 1000, rows=1_000_000), "duckdb/known-at", None, "~33.3 rows per entity"),
+        ((3, 20), shape(1000, 1000, rows=1_000_000), "duckdb", None, "~33.3 rows per entity"),
         (3, shape(10, 30), "postgres", "range", "range:"),  # unindexed: range vs the timeline plan
         (3, shape(1000, 1000), "postgres", None, "timeline:"),
         (3, shape(10, 30), "postgres/indexed", None, "lateral: the history's index"),
@@ -457,7 +468,7 @@ def test_auto_plan_takes_the_range_join_only_for_few_rows_per_ttl_window(
     ttl_days, spine_rows = ttl_days if isinstance(ttl_days, tuple) else (ttl_days, None)
     v = view(ttl=timedelta(days=ttl_days) if ttl_days else None, indexed=variant == "indexed",
              created="created" if variant == "known-at" else None)
-    chosen, reason = auto_plan(v, measured, dialect, spine_rows, "known-at")
+    chosen, reason = auto_plan(v, measured, dialect, spine_rows, "known-at", tie_free=variant == "tie-free")
     assert chosen == plan and why in reason, reason
 
 

@@ -185,13 +185,20 @@ def pit_view_of(
 # range join, hence the tail bound as well.
 RANGE_MAX_WINDOW_MEAN = 8.0
 RANGE_MAX_WINDOW_P99 = 64.0
-# ...and the rows it joins against the history the ASOF plan sorts: at 100k spine rows with ~3 rows per
-# window over a 500k-row history (share 0.66) the ASOF plan was 1.7x faster, at 10k (0.07) 2-3x slower;
-# on the Feast-shaped anchor (0.33: 50k spine rows, ~6.7 rows per window, 1M rows) 1.1-1.2x faster.
+# ...and the rows it joins against the history the ASOF plan sorts. Where the ASOF plan takes the winner
+# straight from the join (a view without ties: ``PitView.unique_times``), at 100k spine rows with ~3 rows
+# per window over a 500k-row history (share 0.66) it was 1.4x faster, at 10k (0.07) 2x slower; on the
+# Feast-shaped anchor (0.33: 50k spine rows, ~6.7 rows per window, 1M rows) 1.1-1.2x faster.
 RANGE_MAX_JOIN_SHARE = 0.25
+# Where it also fetches the rows at the winning time and breaks ties (a view with ties), the range join
+# was 1.2x faster at share 0.66 (bench/pit.py --matrix --scale 0.5, 30% ties).
+RANGE_MAX_JOIN_SHARE_TIES = 1.0
 # In known-at mode the ASOF plan also computes a running MAX over the history (the eligibility order),
-# the range join only one more condition: at share 0.66 the range join was 1.3-1.5x faster.
+# the range join only one more condition: at share 0.66 the range join was 1.3-1.5x faster, also with
+# deeper windows: ~33 rows per window at share 0.66 1.3x faster, at share 1.65 1.5x slower. With the
+# spine's size known, the share bounds the work and the window may hold up to this many rows.
 RANGE_MAX_JOIN_SHARE_KNOWN_AT = 1.0
+RANGE_MAX_WINDOW_MEAN_KNOWN_AT = 48.0
 # Without a TTL the range join takes the entity's whole history before t, which the shape bounds by the
 # rows per entity (the spine's times see part of it: about two thirds in the matrix, whose spines cover
 # the later two thirds of the history). bench/pit.py --matrix --quick on DuckDB, 200k events: at 10 rows
@@ -219,6 +226,8 @@ def auto_plan(
     dialect: str,
     spine_rows: int | None = None,
     mode: PitMode = "known-at",
+    *,
+    tie_free: bool = False,
 ) -> tuple[PitPlan | None, str]:
     """The plan for ``view`` chosen from its measured shape, with the reason (for ``fsql compile``).
 
@@ -231,11 +240,15 @@ def auto_plan(
     history that grows deep goes back to the default. With ``spine_rows`` known (a DataFrame spine), the
     rows the range join produces (spine rows x window) must also stay small against the history the
     ASOF plan sorts; on an indexed history (LATERAL: one index probe per spine row) the spine must also
-    be large enough that one scan of the history beats the probes."""
+    be large enough that one scan of the history beats the probes. ``tie_free``: the default plan would
+    take the winner straight from the ASOF join (no fetch, no tie check), which leaves the range join
+    less room."""
     caps = capabilities(dialect)
     default = caps.pit_plan_indexed if view.indexed else caps.pit_plan
     if shape is None or shape.rows == 0:
         return None, f"{default}: no statistics yet (run `fsql build` or `fsql materialize`)"
+    known_at = mode == "known-at" and view.created is not None
+    window_limit = RANGE_MAX_WINDOW_MEAN_KNOWN_AT if known_at and spine_rows is not None else RANGE_MAX_WINDOW_MEAN
     if view.ttl is None:
         # the window is the entity's whole history before t: at most all of it
         mean, p99 = shape.events_mean, shape.events_p99
@@ -246,7 +259,7 @@ def auto_plan(
         share = 1.0 if shape.span_seconds <= 0 else min(1.0, view.ttl.total_seconds() / shape.span_seconds)
         mean, p99 = shape.events_mean * share, shape.events_p99 * share
         numbers = f"~{mean:.1f} rows per entity in the TTL window, p99 ~{p99:.0f}"
-        if mean > RANGE_MAX_WINDOW_MEAN or p99 > RANGE_MAX_WINDOW_P99:
+        if mean > window_limit or p99 > RANGE_MAX_WINDOW_P99:
             return None, f"{default}: {numbers}"
     if default == "lateral" and (spine_rows is None or spine_rows < RANGE_MIN_SPINE_SHARE_INDEXED * shape.rows):
         # one index probe per spine row reads one row: cheaper than scanning the history for few rows
@@ -254,9 +267,13 @@ def auto_plan(
     if spine_rows is not None:
         joined = spine_rows * mean / shape.rows
         numbers += f", {spine_rows:,} spine rows join ~{joined:.2f}x the history"
-        known_at = mode == "known-at" and view.created is not None
-        limit = RANGE_MAX_JOIN_SHARE if view.ttl is not None else RANGE_MAX_JOIN_SHARE_NO_TTL
-        if joined > (RANGE_MAX_JOIN_SHARE_KNOWN_AT if known_at else limit):
+        if known_at:
+            limit = RANGE_MAX_JOIN_SHARE_KNOWN_AT
+        elif view.ttl is None:
+            limit = RANGE_MAX_JOIN_SHARE_NO_TTL
+        else:
+            limit = RANGE_MAX_JOIN_SHARE if tie_free or default != "asof" else RANGE_MAX_JOIN_SHARE_TIES
+        if joined > limit:
             return None, f"{default}: {numbers}"
     return "range", f"range: {numbers}"
 

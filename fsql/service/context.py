@@ -326,7 +326,8 @@ class Context:
                 chosen, why = annotated, f"{annotated}: @pit_plan of the view"  # type: ignore[assignment]
             else:
                 # a view's file is compiled for every engine: a plan one of them lacks falls back to auto
-                chosen, why = pit.auto_plan(pv, shape, dialect, spine_rows, mode)
+                tie_free = self.unique_times(views[pv.name], views, shape, dialect, mode, None)
+                chosen, why = pit.auto_plan(pv, shape, dialect, spine_rows, mode, tie_free=tie_free)
                 if annotated and annotated != "auto":
                     why += f" (@pit_plan {annotated} is not available on {dialect})"
             unique = self.unique_times(views[pv.name], views, shape, dialect, mode, chosen)
