@@ -472,11 +472,17 @@ def test_auto_plan_takes_the_range_join_only_for_few_rows_per_ttl_window(
     assert chosen == plan and why in reason, reason
 
 
-def test_the_range_plan_ranks_every_probe_without_the_split() -> None:
-    """The tie split (rank only probes with several rows) pays off after the ASOF fetch, where most
-    probes have one row; a range join gives most probes many, so it ranks them in one window."""
+def test_the_range_plan_keeps_each_probes_latest_rows_before_ranking() -> None:
+    """A range join gives most probes many rows. Where the engine has the tie split (DuckDB), the rows
+    at each probe's latest event time are kept first (a MAX per probe: no sort), so most probes keep one
+    row and only the others are ranked; elsewhere every joined row is ranked in one window."""
     v = view(ttl=timedelta(days=3), value_columns=(("x", "DOUBLE"),))
     asof = compile_([v], dialect="duckdb", plan="asof").sql("duckdb")
     ranged = compile_([v], dialect="duckdb", plan="range").sql("duckdb")
-    assert "HAVING COUNT(*) > 1" in asof and "HAVING" not in ranged
-    assert ranged.count("ROW_NUMBER()") == 2  # the spine's numbering and the one ranking window
+    assert "HAVING COUNT(*) > 1" in asof and "HAVING COUNT(*) > 1" in ranged
+    assert 'QUALIFY "__fsql_h"."ts" = MAX("__fsql_h"."ts") OVER (PARTITION BY "__fsql_p0"."__fsql_ord")' in ranged
+    # the ranking window, over the tied rows only, orders by values: every row there has the same event_ts
+    assert 'ORDER BY "__fsql_j"."x" DESC' in ranged
+    elsewhere = compile_([v], dialect="postgres", plan="range").sql("postgres")
+    assert "HAVING" not in elsewhere and "MAX(" not in elsewhere
+    assert elsewhere.count("ROW_NUMBER()") == 2  # the spine's numbering and the one ranking window

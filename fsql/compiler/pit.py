@@ -1131,8 +1131,17 @@ def _range_fetch(
     query = query.from_(_table(p), copy=False).join(
         _aliased(hist, h), on=exp.and_(*on, copy=False), copy=False
     )
-    # No split here: a range join gives most probes several rows (the whole window), so ranking them
-    # all beats materializing the join to find the few with one row (2x on the bench/pit.py anchor).
+    caps = pc.caps
+    if caps.split_ties and caps.materialized_cte and caps.qualify and len(probe.ids) == 1:
+        # A range join gives most probes several rows (the whole window). Keeping the rows at each
+        # probe's latest event_ts needs no sort (a MAX per partition), and leaves one row for most
+        # probes: the tie order then ranks only the probes with several (split). 10% faster than
+        # ranking every joined row on the bench/pit.py anchor, where a rank over 12 keys sorts 340k rows.
+        ts = exp.column(view.timestamp, h, quoted=True)
+        latest = exp.Window(this=exp.Max(this=ts.copy()), partition_by=[exp.column(probe.ids[0], p, quoted=True)])
+        query = query.qualify(exp.EQ(this=ts, expression=latest), copy=False)
+        _first_per(view, query, h, probe.ids, f, pc, with_timestamp=False, split=True)
+        return
     _first_per(view, query, h, probe.ids, f, pc, with_timestamp=True, split=False)
 
 
