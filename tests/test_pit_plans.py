@@ -111,7 +111,7 @@ def test_the_spine_size_takes_part_in_the_choice_and_in_the_cached_sql(project: 
         small = pl.DataFrame({"customer_id": [1, 2, 3], "ts": [t] * 3})
         large = pl.DataFrame({"customer_id": [i % 500 + 1 for i in range(history)], "ts": [t] * history})
         auto = [store.training_set(features=features, spine=spine, timestamp="ts") for spine in (small, large)]
-        chosen = {plan for key in store._ctx._compiled[1] for view, plan, _ in key[4] if view == "customer_spend"}
+        chosen = {plan for key in store._ctx._compiled[1] for view, plan, *_ in key[4] if view == "customer_spend"}
         for spine, got in zip((small, large), auto, strict=True):
             for plan in ("asof", "range"):
                 assert got.equals(store.training_set(features=features, spine=spine, timestamp="ts", plan=plan))

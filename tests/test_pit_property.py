@@ -229,6 +229,10 @@ def compiled(sc: Scenario, dialect: str, mode: str, plan: str | None, run_as: st
     if sc.spine_as_query:
         spine = exp.select("*").from_("spine")
     views = [v.pit for v in sc.views]
+    if dialect.endswith("/deep"):
+        # windows measured deep: the range plan keeps each probe's latest rows before ranking
+        dialect = dialect.removesuffix("/deep")
+        views = [dataclasses.replace(v, deep_windows=True) for v in views]
     if plan is not None and plan.startswith("mixed:"):
         # one plan per view, alternating, as "auto" picks them from each view's shape
         cycle = plan.split(":")[1].split("/")
@@ -263,7 +267,9 @@ DUCKDB_PLANS = [
     ("duckdb", "asof"),
     ("duckdb", "timeline"),
     ("duckdb", "range"),
+    ("duckdb/deep", "range"),
     ("duckdb", "mixed:range/asof"),
+    ("duckdb/deep", "mixed:asof/range"),
     ("duckdb", "mixed:asof/range"),
     ("duckdb", "lateral"),
     ("duckdb/probe", None),
@@ -366,7 +372,8 @@ def without_ttl(sc: Scenario) -> Scenario:
 # The range plan has no lower bound on a view without a TTL ("auto" picks it for shallow histories):
 # every view of these scenarios runs it, alone and mixed with the engine's other plans.
 NO_TTL_PLANS = {
-    "duckdb": [("duckdb", "range"), ("duckdb", "mixed:range/asof"), ("duckdb/no-split", "range")],
+    "duckdb": [("duckdb", "range"), ("duckdb/deep", "range"), ("duckdb", "mixed:range/asof"),
+               ("duckdb/no-split", "range")],
     "postgres": [("postgres", "range"), ("postgres", "mixed:range/lateral"), ("postgres", "mixed:timeline/range")],
 }
 

@@ -138,6 +138,9 @@ class PitView:
     # no two rows of the relation share (keys, event_ts), verified for the rows as they are now (see
     # ``Context.unique_times``): the ASOF plan may then take the winner's values from the ASOF join itself
     unique_times: bool = False
+    # a spine row's window holds several rows on average, as measured (``deep_windows``): the range
+    # plan then keeps each probe's latest rows before it ranks
+    deep_windows: bool = False
 
 
 @dataclass
@@ -214,6 +217,32 @@ RANGE_MAX_JOIN_SHARE_NO_TTL = 0.5
 RANGE_MIN_SPINE_SHARE_INDEXED = 0.1
 
 
+# Rows per window from which the range plan first keeps each probe's rows at its latest event time (a
+# MAX per probe, no sort) and ranks only probes left with several: on the bench/pit.py anchor (~6.7 rows,
+# 12 tie-order columns) 10% faster than ranking every joined row; at ~1-3 rows 5-20% slower (--matrix).
+DEEP_WINDOW_ROWS = 5.0
+
+
+def window_rows(view: PitView, shape: ViewShape | None) -> float | None:
+    """The mean rows a spine row's window holds, from the measured shape: the rows per entity within
+    the TTL (spread evenly over the history's span), or without a TTL all of them (an upper bound)."""
+    if shape is None or shape.rows == 0:
+        return None
+    if view.ttl is None:
+        return shape.events_mean
+    return shape.events_mean * _ttl_share(view, shape)
+
+
+def _ttl_share(view: PitView, shape: ViewShape) -> float:
+    assert view.ttl is not None
+    return 1.0 if shape.span_seconds <= 0 else min(1.0, view.ttl.total_seconds() / shape.span_seconds)
+
+
+def deep_windows(view: PitView, shape: ViewShape | None) -> bool:
+    rows = window_rows(view, shape)
+    return rows is not None and rows >= DEEP_WINDOW_ROWS
+
+
 def plan_available(plan: str, dialect: str) -> bool:
     """Whether ``dialect`` can run ``plan`` (ASOF and LATERAL need engine support)."""
     caps = capabilities(dialect)
@@ -256,7 +285,7 @@ def auto_plan(
         if mean > RANGE_MAX_HISTORY_MEAN or p99 > RANGE_MAX_WINDOW_P99:
             return None, f"{default}: {numbers}"
     else:
-        share = 1.0 if shape.span_seconds <= 0 else min(1.0, view.ttl.total_seconds() / shape.span_seconds)
+        share = _ttl_share(view, shape)
         mean, p99 = shape.events_mean * share, shape.events_p99 * share
         numbers = f"~{mean:.1f} rows per entity in the TTL window, p99 ~{p99:.0f}"
         if mean > window_limit or p99 > RANGE_MAX_WINDOW_P99:
@@ -1132,11 +1161,10 @@ def _range_fetch(
         _aliased(hist, h), on=exp.and_(*on, copy=False), copy=False
     )
     caps = pc.caps
-    if caps.split_ties and caps.materialized_cte and caps.qualify and len(probe.ids) == 1:
-        # A range join gives most probes several rows (the whole window). Keeping the rows at each
-        # probe's latest event_ts needs no sort (a MAX per partition), and leaves one row for most
-        # probes: the tie order then ranks only the probes with several (split). 10% faster than
-        # ranking every joined row on the bench/pit.py anchor, where a rank over 12 keys sorts 340k rows.
+    if view.deep_windows and caps.split_ties and caps.materialized_cte and caps.qualify and len(probe.ids) == 1:
+        # Where windows hold several rows, keeping the rows at each probe's latest event_ts needs no
+        # sort (a MAX per partition) and leaves one row for most probes: the tie order then ranks only
+        # the probes with several (split). See DEEP_WINDOW_ROWS.
         ts = exp.column(view.timestamp, h, quoted=True)
         latest = exp.Window(this=exp.Max(this=ts.copy()), partition_by=[exp.column(probe.ids[0], p, quoted=True)])
         query = query.qualify(exp.EQ(this=ts, expression=latest), copy=False)

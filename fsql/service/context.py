@@ -55,6 +55,7 @@ class ViewPlan:
     plan: PitPlan | None
     why: str
     unique_times: bool = False
+    deep_windows: bool = False  # see ``pit.deep_windows``
 
 
 @dataclass(frozen=True)
@@ -292,7 +293,7 @@ class Context:
         if choices is None:
             choices = self.plan_choices(refs, spine_columns, views, dialect=dialect, mode=mode, plan=plan,
                                         shapes=shapes)
-        pit_views = [replace(pv, unique_times=choices[pv.name].unique_times)
+        pit_views = [replace(pv, unique_times=choices[pv.name].unique_times, deep_windows=choices[pv.name].deep_windows)
                      for pv in self._pit_views(refs, spine_columns, views)]
         plans = {name: c.plan for name, c in choices.items() if c.plan is not None}
         query = pit.compile_pit(spine, list(spine_columns), timestamp, pit_views, dialect=dialect, mode=mode,
@@ -333,7 +334,7 @@ class Context:
             unique = self.unique_times(views[pv.name], views, shape, dialect, mode, chosen)
             if unique:
                 why += "; no two rows share (keys, event time) and its inputs are unchanged since measured: no tie check"
-            choices[pv.name] = ViewPlan(chosen, why, unique)
+            choices[pv.name] = ViewPlan(chosen, why, unique, pit.deep_windows(pv, shape))
         return choices
 
     def unique_times(self, view: FeatureView, views: Mapping[str, FeatureView], shape: ViewShape | None,

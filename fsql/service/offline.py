@@ -193,7 +193,7 @@ def _training_query(
         if shape is None:
             yield compile()
         else:
-            key = (shape, ts, tuple(refs), mode, tuple((n, c.plan, c.unique_times) for n, c in choices.items()),
+            key = (shape, ts, tuple(refs), mode, tuple((n, c.plan, c.unique_times, c.deep_windows) for n, c in choices.items()),
                    engine.dialect)
             yield ctx.compiled(definitions, key, compile)
 
