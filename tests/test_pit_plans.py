@@ -176,3 +176,12 @@ def test_tie_free_views_skip_the_tie_check_until_their_files_change(tmp_path: Pa
             for plan in ("range", "timeline"):
                 assert store.training_set("labelled", spine=labels, pit_mode="event-time", plan=plan).equals(again)
         assert "no tie check" not in store.compile("labelled", mode="event-time")
+        # a build measures the rewritten history again: it has ties now, so the check stays
+        store.build()
+        assert store._ctx.registry.view_shapes()["ev"].tie_share > 0
+        assert "no tie check" not in store.compile("labelled", mode="event-time")
+        # and a history without ties again is trusted again once measured
+        events.write_parquet(root / "data" / "events.parquet")
+        store.build()
+        assert "no tie check" in store.compile("labelled", mode="event-time")
+        assert store.training_set("labelled", spine=labels, pit_mode="event-time").equals(first)

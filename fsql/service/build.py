@@ -143,12 +143,17 @@ def build(
     except _RollBack:
         pass
     assert result is not None
-    if result.built:
+    if not dry_run:
         # After the commit (a shape belongs to a registered version). Versions already measured keep
-        # their shape unless sources were reloaded; materialize measures again as data arrives.
+        # their shape unless sources were reloaded or, even when nothing else changed, the inputs it
+        # was stamped with did (a source file rewritten); materialize measures again as data arrives.
         measured = ctx.registry.view_shapes()
+        registered = ctx.definitions().views
         for name, view in project.views.items():
-            if name not in measured or loaded or force:
+            if name not in registered:
+                continue
+            moved = name in measured and measured[name].inputs not in (None, ctx.inputs_stamp(view, registered))
+            if moved or (result.built and (name not in measured or loaded or force)):
                 say(f"measuring view {name}")
                 ctx.measure_shape(view)
     return result
