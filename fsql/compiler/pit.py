@@ -40,7 +40,9 @@ view's measured shape; overridable with ``plan=``). Each finds the winning event
   so if it is too old, every candidate is. On DuckDB the spine rows themselves flow through the
   joins (``asof_carry_spine``) and the tie-break window runs only where a spine row has several
   rows at its winning time (``split_ties``: DuckDB's window operator costs ~0.2 s per 100k one-row
-  partitions).
+  partitions). Where no two rows of the view share (keys, event_ts) (``PitView.unique_times``, which
+  the caller must have verified for the rows as they are now) and the match is on event time, the
+  matched row is the winner: the ASOF join carries its values and there is no fetch or tie check.
 * ``timeline`` (BigQuery, Spark, Trino, unindexed PostgreSQL): the winning event_ts comes from a
   running MAX over a UNION ALL of view rows (at their match time) and spine probe points, view rows
   first at equal times (``<=`` counts); then the same equi-join fetch. One sort of history + spine,
@@ -60,7 +62,9 @@ view's measured shape; overridable with ``plan=``). Each finds the winning event
   bound) plus ROW_NUMBER per probe point in the tie order: its cost grows with the rows a window
   holds, so it is chosen per view only when the view's measured shape says the window (or, without a
   TTL, the entity's history) holds few (``auto_plan``); there it beats the ASOF plan's fixed costs
-  (the fetch join and the tie check).
+  (the fetch join and the tie check). Where windows were measured deeper (``PitView.deep_windows``)
+  and the engine has the tie split, each probe first keeps its rows at the latest event_ts (a MAX per
+  probe, no sort), and only probes left with several rows are ranked.
 
 Why these, measured by bench/pit.py at scale 1 (100k spine rows; "shallow" = 2M events of 100k
 customers, "deep" = 100k events of 100 customers), best of 3, PostgreSQL 15 with default settings:

@@ -293,8 +293,10 @@ class Context:
         if choices is None:
             choices = self.plan_choices(refs, spine_columns, views, dialect=dialect, mode=mode, plan=plan,
                                         shapes=shapes)
-        pit_views = [replace(pv, unique_times=choices[pv.name].unique_times, deep_windows=choices[pv.name].deep_windows)
-                     for pv in self._pit_views(refs, spine_columns, views)]
+        pit_views = [
+            replace(pv, unique_times=choices[pv.name].unique_times, deep_windows=choices[pv.name].deep_windows)
+            for pv in self._pit_views(refs, spine_columns, views)
+        ]
         plans = {name: c.plan for name, c in choices.items() if c.plan is not None}
         query = pit.compile_pit(spine, list(spine_columns), timestamp, pit_views, dialect=dialect, mode=mode,
                                 ordinal=ordinal, plan=plans)
@@ -317,37 +319,42 @@ class Context:
         "auto" each view's ``@pit_plan``, else the choice from its measured shape (``shapes``) and the
         spine's size where known (see ``pit.auto_plan``)."""
         choices: dict[str, ViewPlan] = {}
+        default = capabilities(dialect).pit_plan
         for pv in self._pit_views(refs, spine_columns, views):
             annotated = views[pv.name].pit_plan
             shape = (shapes or {}).get(pv.name)
             chosen: PitPlan | None
+            tie_free: bool | None = None  # asked only where the ASOF plan may run (it stats files)
             if plan != "auto":
                 chosen, why = plan, f"{plan}: requested for this call"
             elif annotated and annotated != "auto" and pit.plan_available(annotated, dialect):
                 chosen, why = annotated, f"{annotated}: @pit_plan of the view"  # type: ignore[assignment]
             else:
                 # a view's file is compiled for every engine: a plan one of them lacks falls back to auto
-                tie_free = self.unique_times(views[pv.name], views, shape, dialect, mode, None)
+                tie_free = self.unique_times(views[pv.name], views, shape, dialect, mode)
                 chosen, why = pit.auto_plan(pv, shape, dialect, spine_rows, mode, tie_free=tie_free)
                 if annotated and annotated != "auto":
                     why += f" (@pit_plan {annotated} is not available on {dialect})"
-            unique = self.unique_times(views[pv.name], views, shape, dialect, mode, chosen)
+            unique = (chosen or default) == "asof" and (
+                tie_free if tie_free is not None else self.unique_times(views[pv.name], views, shape, dialect, mode)
+            )
             if unique:
                 why += "; no two rows share (keys, event time) and its inputs are unchanged since measured: no tie check"
             choices[pv.name] = ViewPlan(chosen, why, unique, pit.deep_windows(pv, shape))
         return choices
 
     def unique_times(self, view: FeatureView, views: Mapping[str, FeatureView], shape: ViewShape | None,
-                     dialect: str, mode: PitMode, plan: PitPlan | None) -> bool:
-        """Whether the ASOF plan may take ``view``'s winning row from the ASOF join itself: it matches
-        on event time there (event-time mode, or no created column), and the view's rows, when last
-        measured, had no two at the same (keys, event time) and are the same rows now: their inputs
-        (view versions and the size, time and inode of every file below) are unchanged. A view that
-        reads a live table or calls a volatile function is never known to be unchanged."""
+                     dialect: str, mode: PitMode) -> bool:
+        """Whether the ASOF plan (where the dialect runs it with the spine carried through) may take
+        ``view``'s winning row from the ASOF join itself: it matches on event time there (event-time
+        mode, or no created column), and the view's rows, when last measured, had no two at the same
+        (keys, event time) and are the same rows now: their inputs (view versions and the size, time
+        and inode of every file below) are unchanged. A view that reads a live table or calls a
+        volatile function is never known to be unchanged."""
         caps = capabilities(dialect)
         if shape is None or shape.inputs is None or shape.rows == 0 or shape.tie_share > 0:
             return False
-        if (plan or caps.pit_plan) != "asof" or not caps.asof_carry_spine or not caps.materialized_cte:
+        if caps.asof is None or not caps.asof_carry_spine or not caps.materialized_cte:
             return False
         if mode != "event-time" and view.created is not None:
             return False
