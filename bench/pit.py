@@ -497,6 +497,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plans", default="", help="with --matrix: also time these forced plans, e.g. asof,range")
     parser.add_argument("--spines", default="", help="with --matrix: spine sizes, e.g. 10000,100000")
     parser.add_argument("--engines", default="", help="with --matrix: duckdb, postgres or both (default)")
+    parser.add_argument("--depths", default="", help="with --matrix: events per entity, e.g. 1,10,1000 (default)")
+    parser.add_argument("--ties", default="", help="with --matrix: shares of tied times, e.g. 0,0.3")
     parser.add_argument("--measure-duckdb-memory", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure_duckdb_memory:
@@ -515,7 +517,9 @@ def main(argv: list[str] | None = None) -> None:
                 pit_matrix.matrix(quick=args.quick, scale=args.scale, repeat=args.repeat, pg_url=pg_url,
                                   workdir=Path(tmp), plans=plans,
                                   spines=[int(n) for n in args.spines.split(",") if n] or None,
-                                  engines=[e for e in args.engines.split(",") if e] or None)
+                                  engines=[e for e in args.engines.split(",") if e] or None,
+                                  depths=[int(n) for n in args.depths.split(",") if n] or None,
+                                  ties=[float(n) for n in args.ties.split(",") if n] or None)
             print(f"\ntotal {time.perf_counter() - started:.0f} s")
         return
 

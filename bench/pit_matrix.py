@@ -396,17 +396,18 @@ def print_cells(cells: list[Cell], plans: list[str]) -> None:
 
 
 def matrix(*, quick: bool, scale: float, repeat: int, pg_url: str | None, workdir: Path, plans: list[str],
-           spines: list[int] | None = None, engines: list[str] | None = None) -> None:
+           spines: list[int] | None = None, engines: list[str] | None = None, depths: list[int] | None = None,
+           ties: list[float] | None = None) -> None:
     total = int((200_000 if quick else 1_000_000) * scale)
     spines = spines or ([10_000] if quick else [10_000, 100_000] + ([1_000_000] if scale >= 2 else []))
-    ties = [0.0] if quick else [0.0, 0.3]
+    ties = ties or ([0.0] if quick else [0.0, 0.3])
     modes = ["event-time", "known-at"]
     ttls = ["narrow", "none"] if quick else list(TTLS)
     engines = [e for e in engines or ["duckdb", "postgres"] if e == "duckdb" or pg_url]
     print(f"PIT matrix: {total:,} events per dataset, spines {spines}, best of {repeat}")
     for engine in engines:
         cells: list[Cell] = []
-        for per_entity in (1, 10, 1000):
+        for per_entity in depths or (1, 10, 1000):
             for tie in ties:
                 root = workdir / f"{engine}-{per_entity}-{int(tie * 100)}"
                 if root.exists():
