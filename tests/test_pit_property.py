@@ -229,10 +229,14 @@ def compiled(sc: Scenario, dialect: str, mode: str, plan: str | None, run_as: st
     if sc.spine_as_query:
         spine = exp.select("*").from_("spine")
     views = [v.pit for v in sc.views]
-    if dialect.endswith("/deep"):
+    parts = dialect.split("/")
+    flags = {"deep", "ordinal"} & set(parts)
+    dialect = "/".join(p for p in parts if p not in flags)
+    if "deep" in flags:
         # windows measured deep: the range plan keeps each probe's latest rows before ranking
-        dialect = dialect.removesuffix("/deep")
         views = [dataclasses.replace(v, deep_windows=True) for v in views]
+    # the scenarios' ordinals are distinct (as the SDK's row numbers are): they may identify the rows
+    unique_ordinal = "ordinal" in flags
     if plan is not None and plan.startswith("mixed:"):
         # one plan per view, alternating, as "auto" picks them from each view's shape
         cycle = plan.split(":")[1].split("/")
@@ -244,11 +248,13 @@ def compiled(sc: Scenario, dialect: str, mode: str, plan: str | None, run_as: st
         caps = dataclasses.replace(pit_module.capabilities(base), **changes)
         with mock.patch.object(pit_module, "capabilities", return_value=caps):
             query = compile_pit(
-                spine, sc.spine_columns, "t", views, dialect=base, mode=mode, ordinal=sc.ordinal, plan=plan
+                spine, sc.spine_columns, "t", views, dialect=base, mode=mode, ordinal=sc.ordinal, plan=plan,
+                unique_ordinal=unique_ordinal,
             )
         return query.sql(run_as)
     query = compile_pit(
-        spine, sc.spine_columns, "t", views, dialect=dialect, mode=mode, ordinal=sc.ordinal, plan=plan
+        spine, sc.spine_columns, "t", views, dialect=dialect, mode=mode, ordinal=sc.ordinal, plan=plan,
+        unique_ordinal=unique_ordinal,
     )
     return query.sql(run_as)
 
@@ -274,6 +280,9 @@ DUCKDB_PLANS = [
     ("duckdb", "lateral"),
     ("duckdb/probe", None),
     ("duckdb/no-split", None),
+    ("duckdb/ordinal", None),
+    ("duckdb/deep/ordinal", "mixed:range/asof"),
+    ("duckdb/probe/ordinal", None),
     ("trino", None),
 ]
 POSTGRES_PLANS = [
@@ -282,6 +291,8 @@ POSTGRES_PLANS = [
     ("postgres", "range"),
     ("postgres", "mixed:range/lateral"),
     ("postgres", "mixed:timeline/range"),
+    ("postgres/ordinal", "mixed:range/lateral"),
+    ("postgres/ordinal", "timeline"),
 ]
 
 

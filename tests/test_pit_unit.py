@@ -460,6 +460,9 @@ def shape(mean: float, p99: float, span_days: float = 90, rows: int = 1_000) -> 
         ((3, 50), shape(10, 30), "postgres/indexed", None, "lateral: the history's index"),  # few probes
         ((3, 200), shape(10, 30), "postgres/indexed", "range", "range:"),  # one scan beats 200 probes
         ((3, 200), shape(100, 300), "postgres/indexed", None, "lateral: ~3.3 rows"),
+        # event-time matching on an indexed history: the window's rows decide, not the join share
+        ((30, 3_000), shape(3, 30), "postgres/indexed", "range", "3,000 spine rows join ~3.00x"),
+        ((30, 3_000), shape(9, 30), "postgres/indexed", None, "lateral: ~3.0 rows"),
     ],
 )
 def test_auto_plan_takes_the_range_join_only_for_few_rows_per_ttl_window(

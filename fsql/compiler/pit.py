@@ -219,6 +219,11 @@ RANGE_MAX_JOIN_SHARE_NO_TTL = 0.5
 # of the history: at 10k spine rows against 500k history rows LATERAL was 3x faster, at 100k the range
 # join 1.2-1.4x faster (bench/pit.py --matrix --scale 0.5). Below this spine share LATERAL is kept.
 RANGE_MIN_SPINE_SHARE_INDEXED = 0.1
+# Above that share the LATERAL probes (~3.5 us each) and the range join both grow with the spine; in
+# event-time matching the range join won with up to ~1 row per window, at any share (1M spine rows over
+# 1M history rows: 1.7-2.1x faster), and lost at ~3.3 (100k over 500k: 1.3x slower). In known-at mode the
+# LATERAL scan also skips rows not yet known, and the join-share limit of the ASOF plan applies instead.
+RANGE_MAX_WINDOW_MEAN_INDEXED = 2.0
 
 
 # Rows per window from which the range plan first keeps each probe's rows at its latest event time (a
@@ -302,6 +307,12 @@ def auto_plan(
         numbers += f", {spine_rows:,} spine rows join ~{joined:.2f}x the history"
         if known_at:
             limit = RANGE_MAX_JOIN_SHARE_KNOWN_AT
+        elif default == "lateral":
+            # the probes' cost grows with the spine as the range join's does: what decides is how many
+            # rows each spine row joins
+            if mean > RANGE_MAX_WINDOW_MEAN_INDEXED:
+                return None, f"{default}: {numbers}"
+            limit = float("inf")
         elif view.ttl is None:
             limit = RANGE_MAX_JOIN_SHARE_NO_TTL
         else:
@@ -337,13 +348,15 @@ def compile_pit(
     mode: PitMode = "known-at",
     ordinal: str | None = None,
     plan: PitPlan | Mapping[str, PitPlan] | None = None,
+    unique_ordinal: bool = False,
 ) -> exp.Query:
     """The training-set query: spine columns first (unchanged, in spine order), then features.
 
     ``spine`` is a table or a query returning ``spine_columns``; ``ordinal`` names a spine column
     holding the row order (not output; ties between equal ordinals keep one row each, in no
     particular order); without it the order is ``ROW_NUMBER() OVER ()`` over the spine, i.e. its
-    scan order. Features come out under the output names of ``PitView.features``, view by view.
+    scan order. ``unique_ordinal``: no two spine rows share an ordinal (the SDK numbers a DataFrame's
+    rows), so it identifies each row and no row number is computed. Features come out under the output names of ``PitView.features``, view by view.
     ``plan`` overrides the dialect's plan choice (one plan, or a plan per view name); tests and the
     benchmark use it to run every plan on every engine that can. Raises ``CompileError`` for names
     that do not line up (missing spine keys, output names colliding with spine columns, ...).
@@ -371,12 +384,15 @@ def compile_pit(
     pc = _PlanContext(caps, mode, names, ctes)
     s, row_id = names("s"), names("ord")
     source = _cte_or_table(spine, names("spine"), ctes)
+    if ordinal is not None and unique_ordinal:
+        identity: exp.Expression = exp.column(ordinal, "sp", quoted=True)
+    elif caps.scan_order_id:
+        identity = exp.Anonymous(this=caps.scan_order_id)
+    else:
+        identity = exp.Window(this=exp.RowNumber())
     numbered = exp.select(
         *(exp.column(c, "sp", quoted=True) for c in spine_columns),
-        exp.alias_(
-            exp.Anonymous(this=caps.scan_order_id) if caps.scan_order_id else exp.Window(this=exp.RowNumber()),
-            row_id, quoted=True, copy=False,
-        ),
+        exp.alias_(identity, row_id, quoted=True, copy=False),
         copy=False,
     ).from_(_aliased(source, "sp"), copy=False)
     if caps.materialized_cte:

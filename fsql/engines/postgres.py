@@ -66,6 +66,11 @@ class PostgresEngine(SchemaDDL):
             ) from None
         self._autocommit(True)
         self._run("SET TIME ZONE 'UTC'")
+        # JIT's inlining and optimization passes start above a planner cost that PIT joins over a large
+        # spine pass at once, and cost ~0.2 s per query without making it faster (bench/pit.py --matrix,
+        # 1M spine rows: 7%); expression compilation, which is cheap, stays on where the server has JIT.
+        self._run("SET jit_inline_above_cost = -1")
+        self._run("SET jit_optimize_above_cost = -1")
         self._in_tx = False
 
     def _autocommit(self, on: bool) -> None:

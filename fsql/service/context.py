@@ -286,6 +286,7 @@ class Context:
         plan: PlanChoice = "auto",
         shapes: Mapping[str, ViewShape] | None = None,
         choices: Mapping[str, ViewPlan] | None = None,
+        unique_ordinal: bool = False,
     ) -> exp.Query:
         """The point-in-time join of ``refs`` onto ``spine``, reading each view's history, with the plan
         per view from ``plan_choices`` (``choices``: computed already). The choice and its reason per
@@ -299,7 +300,7 @@ class Context:
         ]
         plans = {name: c.plan for name, c in choices.items() if c.plan is not None}
         query = pit.compile_pit(spine, list(spine_columns), timestamp, pit_views, dialect=dialect, mode=mode,
-                                ordinal=ordinal, plan=plans)
+                                ordinal=ordinal, plan=plans, unique_ordinal=unique_ordinal)
         query.meta["pit_plans"] = {name: (c.plan or "default", c.why) for name, c in choices.items()}
         return query
 

@@ -187,7 +187,7 @@ def _training_query(
 
         def compile() -> str:
             query = ctx.pit_query(relation, columns, ts, refs, views, dialect=engine.dialect, mode=mode,
-                                  ordinal=ordinal, choices=choices)
+                                  ordinal=ordinal, choices=choices, unique_ordinal=True)
             return generate(query, engine.dialect)
 
         if shape is None:
