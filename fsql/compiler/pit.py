@@ -438,7 +438,8 @@ def compile_pit(
     else:
         final_from = _aliased(source, s)
         probe_source = source
-    order_col = ordinal if ordinal is not None else row_id
+    # a unique ordinal is also the row id: ordering by the join key lets an engine merge-join in order
+    order_col = row_id if ordinal is None or (unique_ordinal and caps.materialized_cte) else ordinal
 
     out_cols: list[exp.Expression] = [
         exp.alias_(exp.column(c, s, quoted=True), c, quoted=True, copy=False)
