@@ -133,6 +133,27 @@ def test_a_run_with_nothing_new_leaves_the_history_untouched(tmp_path: Path, pg_
         service.close()
 
 
+def all_visible(pg: psycopg.Connection, schema: str, table: str) -> bool:
+    """Whether every page of ``table`` is marked all-visible (what lets an index-only scan skip the heap)."""
+    pages, visible = pg.execute(
+        "SELECT relpages, relallvisible FROM pg_class WHERE oid = %s::regclass", [f'"{schema}"."{table}"']
+    ).fetchone()
+    return pages > 0 and visible == pages
+
+
+def test_a_written_history_is_vacuumed_after_its_transaction(tmp_path: Path, pg_schema: str, pg) -> None:
+    """A history created by a build (inside the build's transaction) or rewritten by a materialization
+    is vacuumed once the transaction commits, so the PIT join's index-only probes never read the heap."""
+    service = file_project(tmp_path, pg_schema)
+    try:
+        service.build()
+        assert all_visible(pg, pg_schema, "spend__history")
+        service.materialize(end=T1, full=True)
+        assert all_visible(pg, pg_schema, "spend__history")
+    finally:
+        service.close()
+
+
 def test_a_view_calling_now_is_compared_on_every_refresh(tmp_path: Path, pg_schema: str, pg) -> None:
     service = file_project(tmp_path, pg_schema)
     try:
