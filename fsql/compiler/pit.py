@@ -356,7 +356,8 @@ def compile_pit(
     holding the row order (not output; ties between equal ordinals keep one row each, in no
     particular order); without it the order is ``ROW_NUMBER() OVER ()`` over the spine, i.e. its
     scan order. ``unique_ordinal``: no two spine rows share an ordinal (the SDK numbers a DataFrame's
-    rows), so it identifies each row and no row number is computed. Features come out under the output names of ``PitView.features``, view by view.
+    rows), so it identifies each row and no row number is computed. Features come out under the
+    output names of ``PitView.features``, view by view.
     ``plan`` overrides the dialect's plan choice (one plan, or a plan per view name); tests and the
     benchmark use it to run every plan on every engine that can. Raises ``CompileError`` for names
     that do not line up (missing spine keys, output names colliding with spine columns, ...).
