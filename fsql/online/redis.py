@@ -30,7 +30,6 @@ Redis Cluster: ``redis_cluster`` runs the same scripts and values per bucket of 
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from datetime import datetime
@@ -44,7 +43,7 @@ from fsql.config import DEFAULT_REDIS_URL
 from fsql.errors import OnlineStoreError, redact_url
 from fsql.online import redis_scripts as scripts
 from fsql.online.base import CommitOutcome, OnlineRow, OnlineTable, as_of_micros, namespace, not_building
-from fsql.online.encoding import CodecCache, encode_headers, encode_keys, encode_times, key_text
+from fsql.online.encoding import CodecCache, key_text
 
 DEFAULT_URL = DEFAULT_REDIS_URL
 _BASE = "-"
@@ -125,17 +124,12 @@ class RedisOnlineStore:
         """Upsert newer-wins; returns the number of rows that were inserted or replaced."""
         if batch.num_rows == 0:
             return 0
-        codec = self._codecs.get(table)
-        all_texts = encode_keys(table, batch)
-        headers = encode_headers(*encode_times(batch))
-        payloads = codec.encode_payloads(batch)
         texts: list[str] = []
         values: list[bytes] = []
-        for text, header, payload in zip(all_texts, headers, payloads, strict=True):
-            if text is not None:
-                texts.append(text)
-                values.append(header + payload)
-        ttl = max(1, math.ceil(table.ttl.total_seconds())) if table.ttl else 0
+        for text, value in scripts.encoded_rows(table, self._codecs.get(table), batch):
+            texts.append(text)
+            values.append(value)
+        ttl = scripts.ttl_seconds(table)
         ns = namespace(self.prefix, table)
         state_key = ns[:-1]
         per_call = self.keys_per_call

@@ -46,7 +46,6 @@ failover. A planned one (``CLUSTER FAILOVER``) waits for the replica and loses n
 
 from __future__ import annotations
 
-import math
 import os
 import zlib
 from collections.abc import Callable, Sequence
@@ -62,7 +61,7 @@ from fsql.config import DEFAULT_REDIS_URL
 from fsql.errors import OnlineStoreError, redact_url
 from fsql.online import redis_scripts as scripts
 from fsql.online.base import CommitOutcome, OnlineRow, OnlineTable, as_of_micros, not_building
-from fsql.online.encoding import CodecCache, encode_headers, encode_keys, encode_times, key_text
+from fsql.online.encoding import CodecCache, key_text
 
 DEFAULT_BUCKETS = 16
 _BASE = "-"
@@ -278,18 +277,13 @@ class RedisClusterOnlineStore:
         """Upsert newer-wins; returns the number of rows that were inserted or replaced."""
         if batch.num_rows == 0:
             return 0
-        codec = self._codecs.get(table)
-        all_texts = encode_keys(table, batch)
-        headers = encode_headers(*encode_times(batch))
-        payloads = codec.encode_payloads(batch)
         per_bucket: list[tuple[list[str], list[bytes]]] = [([], []) for _ in range(self.buckets)]
         crc, n = zlib.crc32, self.buckets
-        for text, header, payload in zip(all_texts, headers, payloads, strict=True):
-            if text is not None:
-                texts, values = per_bucket[crc(text.encode()) % n]
-                texts.append(text)
-                values.append(header + payload)
-        ttl = max(1, math.ceil(table.ttl.total_seconds())) if table.ttl else 0
+        for text, value in scripts.encoded_rows(table, self._codecs.get(table), batch):
+            texts, values = per_bucket[crc(text.encode()) % n]
+            texts.append(text)
+            values.append(value)
+        ttl = scripts.ttl_seconds(table)
         spaces, _ = self._layout(table)
         per_call = self.keys_per_call
         calls = [(b, i, min(i + per_call, len(texts)))

@@ -8,12 +8,15 @@ Lua's ``<`` on strings uses strcoll, whose order depends on the server's locale.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import pyarrow as pa
 from redis.exceptions import NoScriptError
 
-from fsql.online.encoding import HEADER_SIZE
+from fsql.online.base import OnlineTable
+from fsql.online.encoding import HEADER_SIZE, RowCodec, encode_headers, encode_keys, encode_times
 from fsql.online.order import LUA_COMPARE
 
 # The state string: "<done> <next> <active> [<building> ...]". done is 1 once a run completed since
@@ -240,6 +243,22 @@ local c = cmp_bytes(sub(ARGV[1], 1, size), sub(ARGV[2], 1, size))
 if c == 0 then c = compare_rows(ARGV[1], ARGV[2]) end
 return c
 """
+
+
+def encoded_rows(table: OnlineTable, codec: RowCodec, batch: pa.RecordBatch) -> Iterator[tuple[str, bytes]]:
+    """(entity key text, stored value) per row of ``batch``, the value being the header the upsert
+    script compares and the payload; rows with a NULL key are skipped (never served)."""
+    headers = encode_headers(*encode_times(batch))
+    payloads = codec.encode_payloads(batch)
+    for text, header, payload in zip(encode_keys(table, batch), headers, payloads, strict=True):
+        if text is not None:
+            yield text, header + payload
+
+
+def ttl_seconds(table: OnlineTable) -> int:
+    """The expiry the upsert script sets on each key: the view's TTL rounded up to whole seconds
+    (at least one), or 0 for none."""
+    return max(1, math.ceil(table.ttl.total_seconds())) if table.ttl else 0
 
 
 def pipelined_upserts(
